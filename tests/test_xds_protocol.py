@@ -1,0 +1,337 @@
+"""The xDS protocol as a client sees it, over a real gRPC connection.
+
+Envoy itself is exercised in the end-to-end tests; here a grpc.aio client
+plays Envoy so the protocol's corner cases (stale nonces, NACKs, delta
+reconnects) can be driven exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+
+from xds_ingress.cache import (
+    InconsistentSnapshotError,
+    SnapshotCache,
+    build_snapshot,
+    consistency_errors,
+)
+from xds_ingress.resources import types
+from xds_ingress.server.services import XdsServer
+
+NODE = base_pb2.Node(id="envoy-1", cluster="edge")
+TIMEOUT = 5.0
+
+
+def eds_cluster(name: str) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
+    cluster.eds_cluster_config.service_name = name
+    cluster.eds_cluster_config.eds_config.ads.SetInParent()
+    return cluster
+
+
+def endpoints(name: str, *ports: int) -> endpoint_pb2.ClusterLoadAssignment:
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    locality = assignment.endpoints.add()
+    for port in ports:
+        address = locality.lb_endpoints.add().endpoint.address.socket_address
+        address.address, address.port_value = "127.0.0.1", port
+    return assignment
+
+
+def rds_listener(name: str, route_config: str) -> listener_pb2.Listener:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=name)
+    hcm.rds.route_config_name = route_config
+    hcm.rds.config_source.ads.SetInParent()
+    hcm.rds.config_source.resource_api_version = config_source_pb2.V3
+    listener = listener_pb2.Listener(name=name)
+    packed = any_pb2.Any()
+    packed.Pack(hcm)
+    network_filter = listener.filter_chains.add().filters.add()
+    network_filter.name = "envoy.filters.network.http_connection_manager"
+    network_filter.typed_config.CopyFrom(packed)
+    return listener
+
+
+def config(clusters: dict[str, tuple[int, ...]], *, routes: Iterable[str] = ("http",)):  # type: ignore[no-untyped-def]
+    return build_snapshot(
+        {
+            types.CLUSTER: {name: eds_cluster(name) for name in clusters},
+            types.ENDPOINT: {name: endpoints(name, *ports) for name, ports in clusters.items()},
+            types.LISTENER: {route: rds_listener(route, route) for route in routes},
+            types.ROUTE: {route: route_pb2.RouteConfiguration(name=route) for route in routes},
+        }
+    )
+
+
+class Client:
+    """One xDS stream driven by the test.
+
+    Reads run in a task of their own: cancelling a grpc.aio read cancels
+    the whole call, so a timed-out read must never be the call's own.
+    """
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        self.call = call
+        self._received: asyncio.Queue[object] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for response in self.call:
+            await self._received.put(response)
+
+    async def send(self, request: object) -> None:
+        await self.call.write(request)
+
+    async def recv(self) -> object:
+        return await asyncio.wait_for(self._received.get(), TIMEOUT)
+
+    async def expect_silence(self, seconds: float = 0.3) -> None:
+        await asyncio.sleep(seconds)
+        assert self._received.empty(), self._received.get_nowait()
+
+    def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+
+
+@pytest.fixture
+async def xds() -> AsyncIterator[tuple[SnapshotCache, XdsServer, grpc.aio.Channel]]:
+    cache = SnapshotCache()
+    xds_server = XdsServer(cache=cache)
+    server = grpc.aio.server()
+    xds_server.register(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield cache, xds_server, channel
+    await channel.close()
+    await server.stop(grace=None)
+
+
+def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+    out = []
+    for packed in response.resources:
+        message = (
+            cluster_pb2.Cluster()
+            if packed.type_url == types.CLUSTER
+            else endpoint_pb2.ClusterLoadAssignment()
+        )
+        packed.Unpack(message)
+        out.append(getattr(message, "name", "") or getattr(message, "cluster_name", ""))
+    return out
+
+
+async def test_sotw_wildcard_ack_nack_and_stale_nonce(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, xds_server, channel = xds
+    cache.set_snapshot("edge", config({"a": (1,), "b": (2,)}))
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    client = Client(stub.StreamAggregatedResources())
+    await client.send(discovery_pb2.DiscoveryRequest(node=NODE, type_url=types.CLUSTER))
+    first = await client.recv()
+    assert isinstance(first, discovery_pb2.DiscoveryResponse)
+    assert sorted(names_of(first)) == ["a", "b"]
+    assert first.nonce and first.version_info
+    # ACK: nothing more is sent while nothing changes.
+    await client.send(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.CLUSTER, version_info=first.version_info, response_nonce=first.nonce
+        )
+    )
+    await client.expect_silence()
+
+    # A removal in state of the world is the full set without it.
+    cache.set_snapshot("edge", config({"a": (1,)}))
+    second = await client.recv()
+    assert names_of(second) == ["a"]
+
+    # NACK: logged and counted; the rejected version is not resent.
+    await client.send(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.CLUSTER,
+            version_info=first.version_info,
+            response_nonce=second.nonce,
+            error_detail=status_pb2.Status(code=3, message="cluster a: bad thing"),
+        )
+    )
+    await client.expect_silence()
+    assert xds_server.metrics.nack_count(types.CLUSTER) == 1
+    (status,) = list(xds_server.registry)
+    nack = status.types[types.CLUSTER].last_nack
+    assert nack is not None and "bad thing" in nack.message
+    assert status.types[types.CLUSTER].acked_version == first.version_info
+
+    # A stale nonce (an older response) is ignored, even with a new name set.
+    await client.send(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.CLUSTER, resource_names=["zzz"], response_nonce=first.nonce
+        )
+    )
+    await client.expect_silence()
+    # The next real change is sent.
+    cache.set_snapshot("edge", config({"a": (1,), "c": (3,)}))
+    third = await client.recv()
+    assert sorted(names_of(third)) == ["a", "c"]
+    client.close()
+
+
+async def test_sotw_ads_order_and_named_resource_answered_when_it_appears(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, _, channel = xds
+    cache.set_snapshot("edge", config({"a": (1,)}))
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    client = Client(stub.StreamAggregatedResources())
+    await client.send(discovery_pb2.DiscoveryRequest(node=NODE, type_url=types.CLUSTER))
+    clusters = await client.recv()
+    await client.send(
+        discovery_pb2.DiscoveryRequest(type_url=types.ENDPOINT, resource_names=["a", "later"])
+    )
+    eds = await client.recv()
+    assert names_of(eds) == ["a"]
+    await client.send(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.CLUSTER,
+            version_info=clusters.version_info,
+            response_nonce=clusters.nonce,
+        )
+    )
+    await client.send(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.ENDPOINT,
+            resource_names=["a", "later"],
+            version_info=eds.version_info,
+            response_nonce=eds.nonce,
+        )
+    )
+    await client.expect_silence()
+    # A new cluster and its endpoints: the cluster comes first.
+    cache.set_snapshot("edge", config({"a": (1,), "later": (9,)}))
+    got = [await client.recv(), await client.recv()]
+    assert [r.type_url for r in got] == [types.CLUSTER, types.ENDPOINT]
+    assert sorted(names_of(got[1])) == ["a", "later"]
+    client.close()
+
+
+async def test_delta_reconnect_sends_only_what_differs(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, _, channel = xds
+    cache.set_snapshot("edge", config({"a": (1,), "b": (2,), "c": (3,)}))
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    client = Client(stub.DeltaAggregatedResources())
+    await client.send(discovery_pb2.DeltaDiscoveryRequest(node=NODE, type_url=types.CLUSTER))
+    first = await client.recv()
+    assert isinstance(first, discovery_pb2.DeltaDiscoveryResponse)
+    versions = {r.name: r.version for r in first.resources}
+    assert sorted(versions) == ["a", "b", "c"]
+    await client.send(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=types.CLUSTER, response_nonce=first.nonce)
+    )
+    await client.expect_silence()
+    # Removal is explicit in delta.
+    cache.set_snapshot("edge", config({"a": (1,), "b": (2,)}))
+    removal = await client.recv()
+    assert list(removal.removed_resources) == ["c"] and not removal.resources
+    client.close()
+
+    # Reconnect holding a and an outdated b: only b (changed) and nothing
+    # about a is sent; d, which it claims but does not exist, is removed.
+    changed_b = config({"a": (1,), "b": (2,)})
+    cache.set_snapshot("edge", changed_b)
+    reconnect = Client(stub.DeltaAggregatedResources())
+    await reconnect.send(
+        discovery_pb2.DeltaDiscoveryRequest(
+            node=NODE,
+            type_url=types.CLUSTER,
+            initial_resource_versions={"a": versions["a"], "b": "old", "d": "x"},
+        )
+    )
+    response = await reconnect.recv()
+    assert [r.name for r in response.resources] == ["b"]
+    assert list(response.removed_resources) == ["d"]
+    reconnect.close()
+
+
+async def test_delta_named_subscription_changes(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, _, channel = xds
+    cache.set_snapshot("edge", config({"a": (1,), "b": (2,)}))
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    client = Client(stub.DeltaAggregatedResources())
+    await client.send(
+        discovery_pb2.DeltaDiscoveryRequest(
+            node=NODE, type_url=types.ENDPOINT, resource_names_subscribe=["a", "new"]
+        )
+    )
+    first = await client.recv()
+    assert [r.name for r in first.resources] == ["a"]
+    await client.send(
+        discovery_pb2.DeltaDiscoveryRequest(
+            type_url=types.ENDPOINT,
+            response_nonce=first.nonce,
+            resource_names_subscribe=["b"],
+            resource_names_unsubscribe=["a"],
+        )
+    )
+    second = await client.recv()
+    assert [r.name for r in second.resources] == ["b"]
+    # Changes to an unsubscribed resource are not sent; a subscribed name
+    # that appears later is.
+    cache.set_snapshot("edge", config({"a": (7,), "b": (2,), "new": (5,)}))
+    third = await client.recv()
+    assert [r.name for r in third.resources] == ["new"]
+    await client.expect_silence()
+    client.close()
+
+
+def test_inconsistent_snapshot_is_refused() -> None:
+    cache = SnapshotCache()
+    broken = build_snapshot(
+        {
+            types.CLUSTER: {"a": eds_cluster("a")},
+            types.ENDPOINT: {},
+            types.LISTENER: {"http": rds_listener("http", "missing")},
+            types.ROUTE: {},
+        }
+    )
+    errors = consistency_errors(broken)
+    assert any("'a' has no ClusterLoadAssignment" in e for e in errors)
+    assert any("'missing' is missing" in e for e in errors)
+    with pytest.raises(InconsistentSnapshotError):
+        cache.set_snapshot("edge", broken)
+    assert cache.current("edge") is None
+
+
+def test_versions_are_content_hashes() -> None:
+    one = config({"a": (1,), "b": (2,)})
+    same = config({"b": (2,), "a": (1,)})
+    other = config({"a": (1,), "b": (3,)})
+    assert one.version == same.version
+    assert one.version != other.version
+    assert one.of_type(types.CLUSTER).version == other.of_type(types.CLUSTER).version
+    cache = SnapshotCache()
+    assert cache.set_snapshot("edge", one)
+    assert not cache.set_snapshot("edge", same)
+
+
+def test_concatenated_pieces_parse_as_the_real_messages() -> None:
+    snapshot = config({"a": (1,), "b": (2,)})
+    resources = snapshot.of_type(types.CLUSTER)
+    sotw = discovery_pb2.DiscoveryResponse.FromString(resources.sotw_pieces)
+    assert [r.type_url for r in sotw.resources] == [types.CLUSTER] * 2
+    delta = discovery_pb2.DeltaDiscoveryResponse.FromString(
+        b"".join(r.delta_piece for r in resources.resources.values())
+    )
+    assert {(r.name, r.version) for r in delta.resources} == {
+        (name, r.version) for name, r in resources.resources.items()
+    }

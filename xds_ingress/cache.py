@@ -1,0 +1,300 @@
+"""Immutable, versioned snapshots of Envoy resources, per node group.
+
+A snapshot is built once from a set of protobuf messages and never changes.
+Each resource is serialised once, as a `google.protobuf.Any`, and its version
+is a hash of those bytes; a type's version and the snapshot's version hash
+the resource versions. So a rebuild that changes nothing produces the same
+versions, and the server sends nothing.
+
+The server reads snapshots through `SnapshotWatcher` (a narrow seam, like
+go-control-plane's ConfigWatcher): the current snapshot of a group, and a
+callback when it changes. Nothing here knows about gRPC.
+
+Serialisation is the control plane's hot path (a thousand Envoys asking for
+the same thing), so each resource also keeps its bytes pre-encoded as a
+`resources` field of a DiscoveryResponse and of a DeltaDiscoveryResponse.
+Protobuf lets a message be assembled by concatenating encoded fields, so a
+response is a join of cached pieces plus a small header, never a
+re-serialisation of every resource for every stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from xds_ingress.resources import types
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = ""
+"""Snapshots set for this group serve every node group without one of its own."""
+
+_HCM_TYPE_URL = (
+    "type.googleapis.com/envoy.extensions.filters.network."
+    "http_connection_manager.v3.HttpConnectionManager"
+)
+
+
+def _hash(parts: Iterable[bytes]) -> str:
+    digest = hashlib.blake2b(digest_size=10)
+    for part in parts:
+        digest.update(part)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """Encode one length-delimited protobuf field (wire type 2)."""
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+# Field numbers from envoy/service/discovery/v3/discovery.proto.
+_RESPONSE_RESOURCES = 2  # DiscoveryResponse.resources and DeltaDiscoveryResponse.resources
+_DELTA_RESOURCE_VERSION = 1  # Resource.version
+_DELTA_RESOURCE_BODY = 2  # Resource.resource
+_DELTA_RESOURCE_NAME = 3  # Resource.name
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One Envoy resource, serialised once."""
+
+    name: str
+    type_url: str
+    version: str
+    any_bytes: bytes = field(repr=False)
+    message: Message = field(repr=False, compare=False)
+
+    @property
+    def sotw_piece(self) -> bytes:
+        return length_delimited(_RESPONSE_RESOURCES, self.any_bytes)
+
+    @property
+    def delta_piece(self) -> bytes:
+        body = (
+            length_delimited(_DELTA_RESOURCE_VERSION, self.version.encode())
+            + length_delimited(_DELTA_RESOURCE_BODY, self.any_bytes)
+            + length_delimited(_DELTA_RESOURCE_NAME, self.name.encode())
+        )
+        return length_delimited(_RESPONSE_RESOURCES, body)
+
+    def to_any(self) -> any_pb2.Any:
+        return any_pb2.Any.FromString(self.any_bytes)
+
+
+def make_resource(name: str, type_url: str, message: Message) -> Resource:
+    value = message.SerializeToString(deterministic=True)
+    packed = any_pb2.Any(type_url=type_url, value=value).SerializeToString(deterministic=True)
+    return Resource(
+        name=name, type_url=type_url, version=_hash([value]), any_bytes=packed, message=message
+    )
+
+
+@dataclass(frozen=True)
+class TypeSnapshot:
+    """All resources of one type in a snapshot, with the type's version."""
+
+    type_url: str
+    resources: Mapping[str, Resource]
+
+    @cached_property
+    def version(self) -> str:
+        return _hash(
+            f"{name}={self.resources[name].version}".encode() for name in sorted(self.resources)
+        )
+
+    @cached_property
+    def sotw_pieces(self) -> bytes:
+        """Every resource, encoded for a DiscoveryResponse; built at most once."""
+        return b"".join(self.resources[name].sotw_piece for name in sorted(self.resources))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one node group is given, at one version."""
+
+    types: Mapping[str, TypeSnapshot]
+
+    @cached_property
+    def version(self) -> str:
+        return _hash(f"{url}={self.types[url].version}".encode() for url in sorted(self.types))
+
+    def of_type(self, type_url: str) -> TypeSnapshot:
+        found = self.types.get(type_url)
+        return found if found is not None else TypeSnapshot(type_url=type_url, resources={})
+
+
+def build_snapshot(resources: Mapping[str, Mapping[str, Message]]) -> Snapshot:
+    """Serialise and version a `{type_url: {name: message}}` set."""
+    return Snapshot(
+        types={
+            type_url: TypeSnapshot(
+                type_url=type_url,
+                resources={
+                    name: make_resource(name, type_url, message)
+                    for name, message in by_name.items()
+                },
+            )
+            for type_url, by_name in resources.items()
+        }
+    )
+
+
+def snapshot_from_resources(resources: Mapping[str, Mapping[str, Resource]]) -> Snapshot:
+    """Assemble a snapshot from already-serialised resources (reuses their bytes)."""
+    return Snapshot(
+        types={
+            type_url: TypeSnapshot(type_url=type_url, resources=dict(by_name))
+            for type_url, by_name in resources.items()
+        }
+    )
+
+
+def _eds_names(snapshot: Snapshot) -> set[str]:
+    names: set[str] = set()
+    for resource in snapshot.of_type(types.CLUSTER).resources.values():
+        cluster: Any = resource.message
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            names.add(cluster.eds_cluster_config.service_name or cluster.name)
+    return names
+
+
+def _rds_names(snapshot: Snapshot) -> set[str]:
+    names: set[str] = set()
+    for resource in snapshot.of_type(types.LISTENER).resources.values():
+        listener: Any = resource.message
+        chains = [*listener.filter_chains]
+        if listener.HasField("default_filter_chain"):
+            chains.append(listener.default_filter_chain)
+        for chain in chains:
+            for network_filter in chain.filters:
+                if network_filter.typed_config.type_url != _HCM_TYPE_URL:
+                    continue
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                network_filter.typed_config.Unpack(hcm)
+                if hcm.HasField("rds"):
+                    names.add(hcm.rds.route_config_name)
+    return names
+
+
+def consistency_errors(snapshot: Snapshot) -> list[str]:
+    """Why Envoy would warm forever on this snapshot (empty when consistent).
+
+    Every EDS cluster needs its ClusterLoadAssignment and every listener's
+    RDS name its RouteConfiguration; an endpoint or route set nobody
+    references is dead weight that hints at a translation bug.
+    """
+    errors: list[str] = []
+    eds_wanted = _eds_names(snapshot)
+    eds_have = set(snapshot.of_type(types.ENDPOINT).resources)
+    errors += [
+        f"cluster {name!r} has no ClusterLoadAssignment" for name in sorted(eds_wanted - eds_have)
+    ]
+    errors += [
+        f"ClusterLoadAssignment {name!r} has no cluster" for name in sorted(eds_have - eds_wanted)
+    ]
+    rds_wanted = _rds_names(snapshot)
+    rds_have = set(snapshot.of_type(types.ROUTE).resources)
+    errors += [
+        f"listener route config {name!r} is missing" for name in sorted(rds_wanted - rds_have)
+    ]
+    errors += [
+        f"route config {name!r} is named by no listener" for name in sorted(rds_have - rds_wanted)
+    ]
+    return errors
+
+
+class InconsistentSnapshotError(ValueError):
+    pass
+
+
+Wake = Callable[[], None]
+Cancel = Callable[[], None]
+
+
+class SnapshotWatcher(Protocol):
+    """What the server sees of the cache."""
+
+    def current(self, group: str) -> Snapshot | None: ...
+
+    def watch(self, group: str, wake: Wake) -> Cancel: ...
+
+
+class SnapshotCache:
+    """The latest consistent snapshot per node group, and who to wake on change."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, Snapshot] = {}
+        self._watchers: dict[str, set[Wake]] = {}
+
+    def current(self, group: str) -> Snapshot | None:
+        found = self._snapshots.get(group)
+        return found if found is not None else self._snapshots.get(DEFAULT_GROUP)
+
+    def groups(self) -> list[str]:
+        return sorted(self._snapshots)
+
+    def set_snapshot(self, group: str, snapshot: Snapshot, *, check: bool = True) -> bool:
+        """Publish `snapshot` for `group`; False when nothing changed.
+
+        Raises InconsistentSnapshotError (and publishes nothing) when the
+        snapshot would leave Envoy warming forever.
+        """
+        if check:
+            errors = consistency_errors(snapshot)
+            if errors:
+                raise InconsistentSnapshotError("; ".join(errors))
+        previous = self._snapshots.get(group)
+        if previous is not None and previous.version == snapshot.version:
+            return False
+        self._snapshots[group] = snapshot
+        log.debug("snapshot %s published for group %r", snapshot.version, group)
+        woken = self._watchers.get(group, set())
+        if group == DEFAULT_GROUP:
+            # Streams of groups without a snapshot of their own follow the default.
+            woken = set().union(
+                *(
+                    wakes
+                    for name, wakes in self._watchers.items()
+                    if name not in self._snapshots or name == DEFAULT_GROUP
+                )
+            )
+        for wake in list(woken):
+            wake()
+        return True
+
+    def watch(self, group: str, wake: Wake) -> Cancel:
+        self._watchers.setdefault(group, set()).add(wake)
+
+        def cancel() -> None:
+            wakes = self._watchers.get(group)
+            if wakes is not None:
+                wakes.discard(wake)
+                if not wakes:
+                    del self._watchers[group]
+
+        return cancel

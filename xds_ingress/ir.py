@@ -1,0 +1,149 @@
+"""The intermediate representation between Kubernetes objects and Envoy.
+
+`translate/` produces these values from the store; `resources/` turns them
+into Envoy protobufs. They are plain frozen data: equal inputs give equal
+values, so unchanged parts of a configuration hash and memoise to the same
+Envoy resources. Every tuple is sorted by whoever builds it, so that the
+order of objects in the sources never changes the output.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectRef:
+    """The source object a piece of configuration came from.
+
+    `source` is where the object was read (a file path for the file source,
+    empty for Kubernetes), so log lines can name the file to fix.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    source: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        where = f" ({self.source})" if self.source else ""
+        return f"{self.kind} {self.namespace}/{self.name}{where}"
+
+
+class UpstreamProtocol(enum.StrEnum):
+    HTTP1 = "http1"
+    H2C = "h2c"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One Service port: an Envoy cluster and its load assignment.
+
+    `name` is unique in a Config and is used as both the cluster name and
+    the ClusterLoadAssignment name.
+    """
+
+    name: str
+    protocol: UpstreamProtocol
+    endpoints: tuple[Endpoint, ...]
+
+
+class PathMatchType(enum.StrEnum):
+    EXACT = "Exact"
+    # Kubernetes "Prefix": matches whole path elements, so /foo matches
+    # /foo and /foo/bar but not /foobar.
+    PREFIX = "Prefix"
+    # A plain string prefix (ImplementationSpecific in an Ingress).
+    STRING_PREFIX = "StringPrefix"
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatch:
+    type: PathMatchType
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the request to a Backend (by name)."""
+
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """Answer without an upstream, e.g. a route whose Service is missing."""
+
+    status: int
+    body: str = ""
+
+
+RouteAction = Forward | DirectResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    path: PathMatch
+    action: RouteAction
+    origin: ObjectRef
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+    route_config: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything one node group of Envoys is given."""
+
+    listeners: tuple[Listener, ...] = ()
+    route_configs: tuple[RouteConfig, ...] = ()
+    backends: tuple[Backend, ...] = ()
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Condition:
+    """A finding about one source object, in Kubernetes condition form."""
+
+    object: ObjectRef
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    config: Config
+    conditions: tuple[Condition, ...] = ()

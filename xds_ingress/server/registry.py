@@ -1,0 +1,77 @@
+"""What each connected Envoy was sent, ACKed and NACKed.
+
+Streams write their own `StreamStatus`; inspection (logs, the admin API,
+CSDS) only reads it. A NACK is recorded with Envoy's error text.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+class StreamKind(enum.StrEnum):
+    SOTW = "sotw"
+    DELTA = "delta"
+
+
+@dataclass
+class Nack:
+    version: str
+    nonce: str
+    message: str
+    at: float
+
+
+@dataclass
+class TypeStatus:
+    type_url: str
+    sent_version: str = ""
+    sent_nonce: str = ""
+    acked_version: str = ""
+    last_nack: Nack | None = None
+    # name -> version sent, so per-resource status can be reported.
+    sent_resources: dict[str, str] = field(default_factory=dict)
+    acked_resources: dict[str, str] = field(default_factory=dict)
+    subscribed: set[str] = field(default_factory=set)
+    wildcard: bool = False
+
+
+@dataclass
+class StreamStatus:
+    stream_id: int
+    kind: StreamKind
+    peer: str
+    node_id: str = ""
+    node_cluster: str = ""
+    connected_at: float = field(default_factory=time.time)
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def of_type(self, type_url: str) -> TypeStatus:
+        status = self.types.get(type_url)
+        if status is None:
+            status = self.types[type_url] = TypeStatus(type_url=type_url)
+        return status
+
+
+class StreamRegistry:
+    def __init__(self) -> None:
+        self._streams: dict[int, StreamStatus] = {}
+        self._ids = itertools.count(1)
+
+    def open(self, *, kind: StreamKind, peer: str) -> StreamStatus:
+        status = StreamStatus(stream_id=next(self._ids), kind=kind, peer=peer)
+        self._streams[status.stream_id] = status
+        return status
+
+    def close(self, status: StreamStatus) -> None:
+        self._streams.pop(status.stream_id, None)
+
+    def __iter__(self) -> Iterator[StreamStatus]:
+        return iter(list(self._streams.values()))
+
+    def __len__(self) -> int:
+        return len(self._streams)

@@ -1,0 +1,134 @@
+"""The loop every xDS stream runs, whatever its variant.
+
+A stream learns its node (and so its node group) from the first request,
+watches that group's snapshots, and after each batch of events sends what
+the Envoy lacks. The variants (state of the world, incremental) only decide
+how a request changes the stream's state and which responses follow.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from xds_ingress.cache import Cancel, Snapshot, SnapshotWatcher
+from xds_ingress.resources import types
+from xds_ingress.server.events import Ended, StreamEvents, Woken
+from xds_ingress.server.metrics import XdsMetrics
+from xds_ingress.server.registry import StreamStatus
+
+log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+
+# LDS and CDS are the types whose empty first request means "everything"
+# (the legacy wildcard of the xDS protocol, "How the client specifies what
+# resources to return").
+WILDCARD_TYPES = frozenset({types.LISTENER, types.CLUSTER})
+
+
+def in_ads_order(type_urls: Iterator[str] | list[str] | set[str]) -> list[str]:
+    """CDS, EDS, SDS, LDS, RDS, then anything else.
+
+    The xDS spec ("Eventual consistency considerations") asks for clusters
+    before their endpoints and listeners before their routes, so Envoy never
+    waits on a resource it was not yet told about.
+    """
+    order = {type_url: index for index, type_url in enumerate(types.ADS_ORDER)}
+    return sorted(type_urls, key=lambda url: (order.get(url, len(order)), url))
+
+
+@dataclass(frozen=True)
+class StreamContext:
+    """What every stream shares with the server."""
+
+    cache: SnapshotWatcher
+    metrics: XdsMetrics
+    control_plane_id: str
+
+
+class XdsStream(abc.ABC, Generic[Request]):
+    def __init__(
+        self, *, context: StreamContext, status: StreamStatus, fixed_type: str | None
+    ) -> None:
+        self._context = context
+        self._status = status
+        # Set on the per-type services (LDS, CDS, ...), where requests may
+        # leave type_url empty.
+        self._fixed_type = fixed_type
+        self._group: str | None = None
+        self._nonces = itertools.count(1)
+
+    @property
+    def group(self) -> str | None:
+        return self._group
+
+    def _next_nonce(self) -> str:
+        return str(next(self._nonces))
+
+    def _learn_node(self, node: Any) -> None:
+        if self._group is not None:
+            return
+        self._status.node_id = node.id
+        self._status.node_cluster = node.cluster
+        self._group = node.cluster
+        log.info(
+            "envoy %r (group %r) connected from %s over %s",
+            node.id,
+            node.cluster,
+            self._status.peer,
+            self._status.kind,
+        )
+
+    def _type_of(self, request_type_url: str) -> str | None:
+        if self._fixed_type is not None:
+            if request_type_url and request_type_url != self._fixed_type:
+                log.warning(
+                    "envoy %r asked for %s on the %s service; ignored",
+                    self._status.node_id,
+                    request_type_url,
+                    self._fixed_type,
+                )
+                return None
+            return self._fixed_type
+        return request_type_url or None
+
+    @abc.abstractmethod
+    def _on_request(self, request: Request) -> None: ...
+
+    @abc.abstractmethod
+    def _responses(self, snapshot: Snapshot) -> Iterator[bytes]: ...
+
+    async def run(self, requests: AsyncIterator[Request]) -> AsyncIterator[bytes]:
+        events: StreamEvents[Request] = StreamEvents()
+        reader = asyncio.create_task(events.feed(requests))
+        cancel_watch: Cancel | None = None
+        try:
+            while True:
+                batch = await events.next_batch()
+                ended = False
+                for item in batch:
+                    if isinstance(item, Ended):
+                        ended = True
+                    elif not isinstance(item, Woken):
+                        self._on_request(item)
+                if ended:
+                    return
+                if self._group is None:
+                    continue
+                if cancel_watch is None:
+                    cancel_watch = self._context.cache.watch(self._group, events.wake)
+                snapshot = self._context.cache.current(self._group)
+                if snapshot is None:
+                    continue
+                for response in self._responses(snapshot):
+                    yield response
+        finally:
+            reader.cancel()
+            if cancel_watch is not None:
+                cancel_watch()
