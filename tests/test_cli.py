@@ -1,0 +1,55 @@
+"""The command line as users and scripts call it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+XDS_INGRESS = [sys.executable, "-m", "xds_ingress.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*XDS_INGRESS, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["serve", "--source", "{tmp}", "--xds-address", "nope"], "expected HOST:PORT"),
+        (["serve", "--source", "{tmp}", "--http-port", "70000"], "out of range"),
+        (["serve", "--source", "{tmp}", "--http-port", "http"], "expected a port number"),
+        (["serve", "--source", "{tmp}", "--listen-address", "localhost"], "expected an IP"),
+        (["serve", "--source", "{tmp}/missing"], "is not a folder"),
+        (["serve", "--source", "{tmp}", "--holdoff", "-1"], "seconds >= 0"),
+        (
+            ["bootstrap", "--xds-address", "1.2.3.4", "--node-id", "a", "--node-cluster", "b"],
+            "expected HOST:PORT",
+        ),
+        (["bootstrap", "--xds-address", "127.0.0.1:1"], "required"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_values_exit_non_zero_with_one_line(
+    tmp_path: Path, args: list[str], complaint: str
+) -> None:
+    result = run(*(arg.replace("{tmp}", str(tmp_path)) for arg in args))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert complaint in lines[0]
+    assert result.stdout == ""
+
+
+def test_bootstrap_is_ads_delta_by_default_and_sotw_on_request() -> None:
+    common = ["--xds-address", "127.0.0.1:18000", "--node-id", "envoy-7", "--node-cluster", "edge"]
+    delta = json.loads(run("bootstrap", *common).stdout)
+    sotw = json.loads(run("bootstrap", *common, "--sotw").stdout)
+    assert delta["node"] == {"id": "envoy-7", "cluster": "edge"}
+    assert delta["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+    assert sotw["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"

@@ -1,0 +1,200 @@
+"""The `xds-ingress` command: serve, bootstrap, demo.
+
+Flags are parsed and checked here and nowhere else; a bad value ends the
+command with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from xds_ingress.settings import (
+    HostPort,
+    ServeSettings,
+    SettingError,
+    parse_address,
+    parse_host_port,
+    parse_port,
+)
+
+T = TypeVar("T")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _checked(parse: Callable[..., T], flag: str) -> Callable[[str], T]:
+    def check(text: str) -> T:
+        try:
+            return parse(text, flag=flag)
+        except SettingError as error:
+            # argparse reports ArgumentTypeError messages verbatim.
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{flag}: ")) from None
+
+    return check
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="xds-ingress", description="A gRPC ingress: xDS for Envoy")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    serve = commands.add_parser("serve", help="run the control plane")
+    serve.add_argument(
+        "--source",
+        required=True,
+        help="a folder of Kubernetes YAML, or 'kubernetes' to watch the cluster",
+    )
+    serve.add_argument(
+        "--xds-address",
+        type=_checked(parse_host_port, "--xds-address"),
+        default=HostPort("127.0.0.1", 18000),
+        help="where Envoys connect (HOST:PORT, default 127.0.0.1:18000)",
+    )
+    serve.add_argument(
+        "--listen-address",
+        type=_checked(parse_address, "--listen-address"),
+        default="0.0.0.0",
+        help="address Envoy's listeners bind (default 0.0.0.0)",
+    )
+    serve.add_argument("--http-port", type=_checked(parse_port, "--http-port"), default=8080)
+    serve.add_argument("--https-port", type=_checked(parse_port, "--https-port"), default=8443)
+    serve.add_argument(
+        "--holdoff",
+        type=_positive_seconds,
+        default=0.05,
+        help="seconds to wait for more changes before a rebuild",
+    )
+    serve.add_argument(
+        "--max-holdoff",
+        type=_positive_seconds,
+        default=0.5,
+        help="longest a change waits for a rebuild, in seconds",
+    )
+    _add_logging(serve)
+
+    bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap")
+    bootstrap.add_argument(
+        "--xds-address", type=_checked(parse_host_port, "--xds-address"), required=True
+    )
+    bootstrap.add_argument("--node-id", required=True)
+    bootstrap.add_argument("--node-cluster", required=True)
+    bootstrap.add_argument(
+        "--admin-address", type=_checked(parse_host_port, "--admin-address"), default=None
+    )
+    bootstrap.add_argument(
+        "--sotw", action="store_true", help="state-of-the-world ADS instead of incremental"
+    )
+
+    demo = commands.add_parser(
+        "demo", help="run the local ingress: control plane, Envoy and two gRPC backends"
+    )
+    demo.add_argument("--examples", type=Path, default=Path("examples"))
+    demo.add_argument("--http-port", type=_checked(parse_port, "--http-port"), default=8080)
+    demo.add_argument("--xds-port", type=_checked(parse_port, "--xds-port"), default=18000)
+    demo.add_argument("--admin-port", type=_checked(parse_port, "--admin-port"), default=9901)
+    demo.add_argument("--sotw", action="store_true")
+    _add_logging(demo)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bootstrap":
+        from xds_ingress.bootstrap import render_bootstrap
+
+        document = render_bootstrap(
+            xds_address=str(args.xds_address),
+            node_id=args.node_id,
+            node_cluster=args.node_cluster,
+            admin_address=str(args.admin_address) if args.admin_address else None,
+            delta=not args.sotw,
+        )
+        print(json.dumps(document, indent=2))
+        return 0
+    _configure_logging(args.log_level)
+    if args.command == "serve":
+        settings = ServeSettings(
+            source=args.source,
+            xds_address=args.xds_address,
+            listen_address=args.listen_address,
+            http_port=args.http_port,
+            https_port=args.https_port,
+            holdoff_seconds=args.holdoff,
+            max_holdoff_seconds=args.max_holdoff,
+        )
+        if settings.source != "kubernetes" and not Path(settings.source).is_dir():
+            parser.exit(2, f"xds-ingress: error: --source: {settings.source!r} is not a folder\n")
+        if settings.source == "kubernetes":
+            parser.exit(
+                2,
+                "xds-ingress: error: --source kubernetes is not available yet; "
+                "give a folder of YAML\n",
+            )
+        from xds_ingress.app import serve
+
+        return _run(serve(settings))
+    if args.command == "demo":
+        from xds_ingress.demo.run import DemoSettings, run_demo
+
+        if not args.examples.is_dir():
+            parser.exit(
+                2, f"xds-ingress: error: --examples: {str(args.examples)!r} is not a folder\n"
+            )
+        return _run(
+            run_demo(
+                DemoSettings(
+                    examples=args.examples,
+                    http_port=args.http_port,
+                    xds_port=args.xds_port,
+                    admin_port=args.admin_port,
+                    delta=not args.sotw,
+                )
+            )
+        )
+    parser.error(f"unknown command {args.command}")
+
+
+def _run(coroutine: object) -> int:
+    try:
+        asyncio.run(coroutine)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

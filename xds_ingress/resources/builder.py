@@ -1,0 +1,91 @@
+"""ir.Config → every Envoy resource, by xDS type URL, reusing unchanged parts.
+
+The IR is frozen and hashable, so a resource is memoised on the IR value it
+comes from: an unchanged Ingress costs a dictionary lookup, not a protobuf
+build, and yields the very same message object as last time. Messages are
+shared between builds: callers must treat them as read-only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.route.v3 import route_components_pb2
+from google.protobuf.message import Message
+
+from xds_ingress import ir
+from xds_ingress.resources import types
+from xds_ingress.resources.cluster import build_cluster
+from xds_ingress.resources.endpoint import build_load_assignment
+from xds_ingress.resources.listener import build_listener
+from xds_ingress.resources.memo import Memo
+from xds_ingress.resources.route import build_route_configuration, build_virtual_host
+
+Resources = dict[str, dict[str, Message]]
+
+
+class DuplicateNameError(ValueError):
+    """Two IR values claim one resource name: a translation bug, not a user error."""
+
+
+class ResourceBuilder:
+    """Builds `{type_url: {name: message}}`; keep one per node group for memoisation.
+
+    Not thread-safe: one pipeline owns it.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: Memo[ir.Listener, Message] = Memo()
+        self._route_configs: Memo[ir.RouteConfig, Message] = Memo()
+        # A route config is rebuilt whenever any of its hosts changes; keeping
+        # the hosts too makes that a copy of the unchanged ones, not a rebuild.
+        self._virtual_hosts: Memo[ir.VirtualHost, route_components_pb2.VirtualHost] = Memo()
+        # Keyed by the backend with its endpoints left out: EndpointSlice churn
+        # (the common change) must not rebuild, or re-version, the cluster.
+        self._clusters: Memo[ir.Backend, Message] = Memo()
+        self._load_assignments: Memo[ir.Backend, Message] = Memo()
+        self._memos: tuple[Memo[Any, Any], ...] = (
+            self._listeners,
+            self._route_configs,
+            self._virtual_hosts,
+            self._clusters,
+            self._load_assignments,
+        )
+
+    def build(self, config: ir.Config) -> Resources:
+        resources: Resources = {type_url: {} for type_url in types.ADS_ORDER}
+        for listener in config.listeners:
+            message = self._listeners.get(listener, build_listener)
+            _add(resources, types.LISTENER, listener.name, message)
+        for route_config in config.route_configs:
+            message = self._route_configs.get(route_config, self._build_route_configuration)
+            _add(resources, types.ROUTE, route_config.name, message)
+            # Keep the hosts of an unchanged route config memoised too, so the
+            # day one of them changes the others are copied, not rebuilt.
+            for vhost in route_config.virtual_hosts:
+                self._virtual_hosts.get(vhost, build_virtual_host)
+        for backend in config.backends:
+            without_endpoints = ir.Backend(
+                name=backend.name, protocol=backend.protocol, endpoints=()
+            )
+            message = self._clusters.get(without_endpoints, build_cluster)
+            _add(resources, types.CLUSTER, backend.name, message)
+            message = self._load_assignments.get(backend, build_load_assignment)
+            _add(resources, types.ENDPOINT, backend.name, message)
+        for memo in self._memos:
+            memo.rotate()
+        return resources
+
+    def _build_route_configuration(self, route_config: ir.RouteConfig) -> Message:
+        return build_route_configuration(
+            route_config,
+            virtual_host=lambda vhost: self._virtual_hosts.get(vhost, build_virtual_host),
+        )
+
+
+def _add(resources: Resources, type_url: str, name: str, message: Message) -> None:
+    by_name = resources[type_url]
+    if name in by_name:
+        kind = type_url.rsplit(".", 1)[-1]
+        raise DuplicateNameError(f"two {kind} resources are named {name!r}")
+    by_name[name] = message

@@ -1,0 +1,60 @@
+"""Command-line values, parsed and checked in one place.
+
+Nothing else in the package reads flags or the environment: the CLI builds
+these values and hands them down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+class SettingError(ValueError):
+    """A value a user gave is wrong; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_port(text: str, *, flag: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise SettingError(f"{flag}: expected a port number, got {text!r}") from None
+    if not 0 < port < 65536:
+        raise SettingError(f"{flag}: port {port} is out of range 1-65535")
+    return port
+
+
+def parse_host_port(text: str, *, flag: str) -> HostPort:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise SettingError(f"{flag}: expected HOST:PORT, got {text!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    return HostPort(host=host, port=parse_port(port_text, flag=flag))
+
+
+def parse_address(text: str, *, flag: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise SettingError(f"{flag}: expected an IP address, got {text!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    source: str
+    xds_address: HostPort
+    listen_address: str
+    http_port: int
+    https_port: int
+    holdoff_seconds: float
+    max_holdoff_seconds: float

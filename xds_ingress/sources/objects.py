@@ -1,0 +1,173 @@
+"""Kubernetes objects as every source hands them to the store.
+
+An object is kept as the dict Kubernetes would serve (its `body`), frozen on
+construction so that nothing downstream (the store, translate) can change
+what a source read. Only the few kinds the ingress understands are accepted;
+a kind is identified by its API group and kind, not its version.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from xds_ingress import ir
+
+INGRESS = "Ingress"
+INGRESS_CLASS = "IngressClass"
+SERVICE = "Service"
+ENDPOINT_SLICE = "EndpointSlice"
+SECRET = "Secret"
+
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class KindInfo:
+    group: str
+    kind: str
+    namespaced: bool
+
+
+# Keyed by (API group, kind); the core group is "".
+SUPPORTED_KINDS: Mapping[tuple[str, str], KindInfo] = types.MappingProxyType(
+    {
+        (info.group, info.kind): info
+        for info in (
+            KindInfo(group="networking.k8s.io", kind=INGRESS, namespaced=True),
+            KindInfo(group="networking.k8s.io", kind=INGRESS_CLASS, namespaced=False),
+            KindInfo(group="", kind=SERVICE, namespaced=True),
+            KindInfo(group="discovery.k8s.io", kind=ENDPOINT_SLICE, namespaced=True),
+            KindInfo(group="", kind=SECRET, namespaced=True),
+        )
+    }
+)
+
+
+class ObjectKey(NamedTuple):
+    """Identity of an object in the store. Cluster-scoped kinds use namespace ""."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        if not self.namespace:
+            return f"{self.kind} {self.name}"
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class ObjectError(ValueError):
+    """A document is not an object we can use; the message says why, for a log line."""
+
+
+def api_group(api_version: str) -> str:
+    """The API group of an apiVersion: "" (the core group) for "v1"."""
+    group, _, _ = api_version.rpartition("/")
+    return group
+
+
+def freeze(value: Any) -> Any:
+    """A read-only deep copy: mappings become MappingProxyType, lists tuples."""
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(item) for item in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KubeObject:
+    """One Kubernetes object. Equal objects are a no-op update, wherever they came from.
+
+    `source` names where it was read (a file path for the file source, empty
+    for Kubernetes) so that problems can point at the file to fix; it takes
+    no part in equality.
+    """
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    # Frozen in __post_init__; unhashable, so kept out of the hash.
+    body: Mapping[str, Any] = field(hash=False)
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.body, types.MappingProxyType):
+            object.__setattr__(self, "body", freeze(self.body))
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.kind, self.namespace, self.name)
+
+    @property
+    def ref(self) -> ir.ObjectRef:
+        return ir.ObjectRef(
+            kind=self.kind, namespace=self.namespace, name=self.name, source=self.source
+        )
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        metadata = self.body.get("metadata")
+        return metadata if isinstance(metadata, Mapping) else types.MappingProxyType({})
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return _strings(self.metadata.get("labels"))
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return _strings(self.metadata.get("annotations"))
+
+
+def _strings(value: object) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def parse_object(document: object, *, source: str = "") -> KubeObject:
+    """Check that `document` is an object of a supported kind and wrap it.
+
+    Raises ObjectError with a one-line reason otherwise.
+    """
+    if not isinstance(document, Mapping):
+        raise ObjectError(f"expected a mapping, got {_type_name(document)}")
+    kind = document.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ObjectError("object has no kind")
+    api_version = document.get("apiVersion")
+    if not isinstance(api_version, str) or not api_version:
+        raise ObjectError(f"{kind} has no apiVersion")
+    metadata = document.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise ObjectError(f"{kind} has no metadata")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise ObjectError(f"{kind} has no metadata.name")
+    info = SUPPORTED_KINDS.get((api_group(api_version), kind))
+    if info is None:
+        raise ObjectError(f"unsupported kind {kind} (apiVersion {api_version}) for {name!r}")
+    namespace = metadata.get("namespace", DEFAULT_NAMESPACE)
+    if not isinstance(namespace, str):
+        raise ObjectError(f"{kind} {name}: metadata.namespace is not a string")
+    try:
+        return KubeObject(
+            api_version=api_version,
+            kind=kind,
+            namespace=(namespace or DEFAULT_NAMESPACE) if info.namespaced else "",
+            name=name,
+            body=document,
+            source=source,
+        )
+    except RecursionError:
+        # YAML anchors can make a document contain itself; JSON from
+        # Kubernetes never does.
+        raise ObjectError(f"{kind} {name} refers to itself or is nested too deeply") from None
+
+
+def _type_name(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__

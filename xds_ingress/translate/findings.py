@@ -1,0 +1,48 @@
+"""Conditions collected while translating, one finding at a time."""
+
+from __future__ import annotations
+
+from xds_ingress import ir
+from xds_ingress.sources.objects import KubeObject
+
+ACCEPTED = "Accepted"
+RESOLVED_REFS = "ResolvedRefs"
+
+
+class Findings:
+    """A per-call collector; translate creates one and returns its conditions."""
+
+    def __init__(self) -> None:
+        self._conditions: set[ir.Condition] = set()
+        self._rejected: set[ir.ObjectRef] = set()
+
+    def problem(self, obj: KubeObject, *, type: str, reason: str, message: str) -> None:
+        """Record something wrong with `obj` (a condition with status False)."""
+        self._add(obj, type=type, status=ir.ConditionStatus.FALSE, reason=reason, message=message)
+
+    def rejected(self, obj: KubeObject, *, reason: str, message: str) -> None:
+        """Part of `obj` was not served as written."""
+        self._rejected.add(obj.ref)
+        self.problem(obj, type=ACCEPTED, reason=reason, message=message)
+
+    def unresolved(self, obj: KubeObject, *, reason: str, message: str) -> None:
+        """A reference in `obj` does not resolve; its routes answer 503."""
+        self.problem(obj, type=RESOLVED_REFS, reason=reason, message=message)
+
+    def accept(self, obj: KubeObject, *, message: str) -> None:
+        """Mark `obj` Accepted, unless some part of it was rejected."""
+        if obj.ref in self._rejected:
+            return
+        self._add(
+            obj, type=ACCEPTED, status=ir.ConditionStatus.TRUE, reason=ACCEPTED, message=message
+        )
+
+    def conditions(self) -> tuple[ir.Condition, ...]:
+        return tuple(sorted(self._conditions))
+
+    def _add(
+        self, obj: KubeObject, *, type: str, status: ir.ConditionStatus, reason: str, message: str
+    ) -> None:
+        self._conditions.add(
+            ir.Condition(object=obj.ref, type=type, status=status, reason=reason, message=message)
+        )

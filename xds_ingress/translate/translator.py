@@ -1,0 +1,123 @@
+"""The translation, step by step: claim Ingresses, collect candidate routes,
+settle conflicts, resolve backends, then assemble sorted IR.
+
+Every step reports user mistakes to one Findings collector and carries on,
+so one bad object costs only its own routes, never the snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+
+from xds_ingress import ir
+from xds_ingress.sources.objects import INGRESS, KubeObject
+from xds_ingress.store import StoreView
+from xds_ingress.translate.backends import BackendResolver
+from xds_ingress.translate.classes import ClassPolicy
+from xds_ingress.translate.findings import Findings
+from xds_ingress.translate.precedence import host_order, resolve_conflicts, route_order
+from xds_ingress.translate.rules import Candidate, ingress_candidates
+from xds_ingress.translate.settings import ListenerSettings
+from xds_ingress.translate.validation import Invalid
+
+log = logging.getLogger(__name__)
+
+HTTP = "http"
+UNAVAILABLE = 503
+
+
+def translate(view: StoreView, *, settings: ListenerSettings) -> ir.Translation:
+    findings = Findings()
+    policy = ClassPolicy.build(view, settings=settings)
+    ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
+    winners = resolve_conflicts(_candidates(ingresses, findings=findings), findings=findings)
+    routes, backends = _routes(
+        winners, resolver=BackendResolver(view, findings=findings), findings=findings
+    )
+    for ingress in ingresses:
+        findings.accept(ingress, message="the Ingress is served by xds-ingress")
+    config = ir.Config(
+        listeners=(
+            ir.Listener(
+                name=HTTP,
+                address=settings.listen_address,
+                port=settings.http_port,
+                route_config=HTTP,
+            ),
+        ),
+        route_configs=(ir.RouteConfig(name=HTTP, virtual_hosts=_virtual_hosts(routes)),),
+        backends=tuple(backends[name] for name in sorted(backends)),
+    )
+    return ir.Translation(config=config, conditions=findings.conditions())
+
+
+def _candidates(ingresses: Iterable[KubeObject], *, findings: Findings) -> list[Candidate]:
+    candidates: list[Candidate] = []
+    for ingress in ingresses:
+        try:
+            candidates.extend(ingress_candidates(ingress, findings=findings))
+        except Exception:
+            # A translator bug on one odd object must not take down every
+            # other Ingress's routes; the condition makes it visible.
+            log.exception("translating %s failed", ingress.ref)
+            message = "xds-ingress failed to translate it"
+            findings.rejected(ingress, reason="InternalError", message=message)
+    return candidates
+
+
+RoutesByHost = dict[str, list[tuple[Candidate, ir.Route]]]
+
+
+def _routes(
+    winners: Iterable[Candidate], *, resolver: BackendResolver, findings: Findings
+) -> tuple[RoutesByHost, dict[str, ir.Backend]]:
+    """Routes by host, and the backends they forward to (and no others)."""
+    routes: RoutesByHost = defaultdict(list)
+    backends: dict[str, ir.Backend] = {}
+    for candidate in winners:
+        ref = candidate.backend
+        resolved = ref if isinstance(ref, Invalid) else resolver.resolve(ref)
+        action: ir.RouteAction
+        if isinstance(resolved, Invalid):
+            # Keep the route, answering 503: the path stays ours, and it heals
+            # by itself when the Service appears.
+            message = f"{candidate.where}: {resolved.message}"
+            findings.unresolved(candidate.origin, reason=resolved.reason, message=message)
+            # The body names the reason only: Service names are internal.
+            body = f"xds-ingress: {resolved.reason}\n"
+            action = ir.DirectResponse(status=UNAVAILABLE, body=body)
+        else:
+            backends[resolved.name] = resolved
+            action = ir.Forward(backend=resolved.name)
+        routes[candidate.host].append((candidate, _route(candidate, action=action)))
+    return routes, backends
+
+
+def _virtual_hosts(routes: RoutesByHost) -> tuple[ir.VirtualHost, ...]:
+    return tuple(
+        ir.VirtualHost(
+            name=host,
+            domains=(host,),
+            routes=tuple(
+                route for _, route in sorted(routes[host], key=lambda r: route_order(r[0]))
+            ),
+        )
+        for host in sorted(routes, key=host_order)
+    )
+
+
+def _route(candidate: Candidate, *, action: ir.RouteAction) -> ir.Route:
+    origin = candidate.origin
+    what = (
+        "defaultBackend"
+        if candidate.default_backend
+        else f"{candidate.path.type}:{candidate.path.value}"
+    )
+    return ir.Route(
+        name=f"{origin.namespace}/{origin.name}/{what}",
+        path=candidate.path,
+        action=action,
+        origin=origin.ref,
+    )
