@@ -20,7 +20,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_ingress.cache import Resource, Snapshot, TypeSnapshot
 from xds_ingress.resources import types
-from xds_ingress.server.registry import Nack, StreamKind, StreamStatus
+from xds_ingress.server.registry import Nack, StreamKind, StreamStatus, one_line
 from xds_ingress.server.stream import WILDCARD_TYPES, StreamContext, XdsStream, in_ads_order
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
                 self._status.node_cluster,
                 type_url,
                 ", ".join(sorted(sent)) or "(removals only)",
-                message,
+                one_line(message),
             )
             return
         for name, version in sent.items():

@@ -13,6 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
+def one_line(text: str) -> str:
+    """Envoy's error details span lines; a log line must not."""
+    return " ".join(text.split())
+
+
 class StreamKind(enum.StrEnum):
     SOTW = "sotw"
     DELTA = "delta"

@@ -21,7 +21,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_ingress.cache import Snapshot, TypeSnapshot
 from xds_ingress.resources import types
-from xds_ingress.server.registry import Nack, StreamKind, StreamStatus
+from xds_ingress.server.registry import Nack, StreamKind, StreamStatus, one_line
 from xds_ingress.server.stream import (
     WILDCARD_TYPES,
     StreamContext,
@@ -148,7 +148,7 @@ class SotwStream(XdsStream[DiscoveryRequest]):
             type_url,
             status.sent_version,
             request.version_info or "nothing",
-            message,
+            one_line(message),
         )
 
     def _responses(self, snapshot: Snapshot) -> Iterator[bytes]:

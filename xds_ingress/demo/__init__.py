@@ -1,0 +1,1 @@
+"""The local demo: gRPC greeter backends that `xds-ingress demo` and the tests run."""
