@@ -13,7 +13,7 @@ import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
-from tests.ingress_harness import (
+from ingress_harness import (
     Ingress,
     answers_with,
     endpoint_slice,

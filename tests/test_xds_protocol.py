@@ -335,3 +335,30 @@ def test_concatenated_pieces_parse_as_the_real_messages() -> None:
     assert {(r.name, r.version) for r in delta.resources} == {
         (name, r.version) for name, r in resources.resources.items()
     }
+
+
+async def test_per_type_services_serve_envoys_that_do_not_use_ads(xds) -> None:  # type: ignore[no-untyped-def]
+    from envoy.service.cluster.v3 import cds_pb2_grpc
+    from envoy.service.endpoint.v3 import eds_pb2_grpc
+
+    cache, _, channel = xds
+    cache.set_snapshot("edge", config({"a": (1,), "b": (2,)}))
+    clusters = Client(cds_pb2_grpc.ClusterDiscoveryServiceStub(channel).StreamClusters())
+    # Per-type streams may leave type_url empty: the service implies it.
+    await clusters.send(discovery_pb2.DiscoveryRequest(node=NODE))
+    response = await clusters.recv()
+    assert response.type_url == types.CLUSTER
+    assert sorted(names_of(response)) == ["a", "b"]
+    # Asking a per-type service for another type gets nothing.
+    await clusters.send(discovery_pb2.DiscoveryRequest(type_url=types.LISTENER))
+    await clusters.expect_silence()
+    clusters.close()
+
+    endpoints_stream = Client(eds_pb2_grpc.EndpointDiscoveryServiceStub(channel).DeltaEndpoints())
+    await endpoints_stream.send(
+        discovery_pb2.DeltaDiscoveryRequest(node=NODE, resource_names_subscribe=["b"])
+    )
+    delta = await endpoints_stream.recv()
+    assert delta.type_url == types.ENDPOINT
+    assert [r.name for r in delta.resources] == ["b"]
+    endpoints_stream.close()
