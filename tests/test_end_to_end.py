@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-
 from ingress_harness import (
     Ingress,
     answers_with,
@@ -24,6 +23,7 @@ from ingress_harness import (
     say_hello,
     service,
 )
+
 from xds_ingress.cache import DEFAULT_GROUP, make_resource, snapshot_from_resources
 from xds_ingress.demo.backend import GreeterBackend
 from xds_ingress.resources import types
