@@ -10,7 +10,6 @@ See the xDS protocol, "Incremental xDS".
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -20,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_ingress.cache import Resource, Snapshot, TypeSnapshot
 from xds_ingress.resources import types
-from xds_ingress.server.registry import Nack, StreamKind, StreamStatus, one_line
+from xds_ingress.server.registry import StreamKind, StreamStatus
 from xds_ingress.server.stream import WILDCARD_TYPES, StreamContext, XdsStream, in_ads_order
 
 log = logging.getLogger(__name__)
@@ -96,21 +95,11 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
             return
         status = self._status.of_type(type_url)
         if request.HasField("error_detail"):
-            message = request.error_detail.message
-            status.last_nack = Nack(
-                version=status.sent_version,
+            self._record_nack(
+                type_url=type_url,
                 nonce=request.response_nonce,
-                message=message,
-                at=time.time(),
-            )
-            self._context.metrics.nacked(type_url, StreamKind.DELTA)
-            log.warning(
-                "NACK: envoy %r (group %r) rejected %s %s: %s",
-                self._status.node_id,
-                self._status.node_cluster,
-                type_url,
-                ", ".join(sorted(sent)) or "(removals only)",
-                one_line(message),
+                message=request.error_detail.message,
+                rejected=", ".join(sorted(sent)) or "(removals only)",
             )
             return
         for name, version in sent.items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_ingress.cache import Snapshot, TypeSnapshot
 from xds_ingress.resources import types
-from xds_ingress.server.registry import Nack, StreamKind, StreamStatus, one_line
+from xds_ingress.server.registry import StreamKind, StreamStatus
 from xds_ingress.server.stream import (
     WILDCARD_TYPES,
     StreamContext,
@@ -115,7 +114,13 @@ class SotwStream(XdsStream[DiscoveryRequest]):
                 log.debug("stale nonce %s for %s ignored", request.response_nonce, type_url)
                 return
             if request.HasField("error_detail"):
-                self._on_nack(type_url, request)
+                self._record_nack(
+                    type_url=type_url,
+                    nonce=request.response_nonce,
+                    message=request.error_detail.message,
+                    rejected=f"version {status.sent_version} "
+                    f"(keeps {request.version_info or 'nothing'})",
+                )
             else:
                 status.acked_version = request.version_info
                 status.acked_resources = dict(state.sent_names)
@@ -130,26 +135,6 @@ class SotwStream(XdsStream[DiscoveryRequest]):
         state.requested = True
         status.wildcard = state.wildcard
         status.subscribed = set(state.names)
-
-    def _on_nack(self, type_url: str, request: DiscoveryRequest) -> None:
-        status = self._status.of_type(type_url)
-        message = request.error_detail.message
-        status.last_nack = Nack(
-            version=status.sent_version,
-            nonce=request.response_nonce,
-            message=message,
-            at=time.time(),
-        )
-        self._context.metrics.nacked(type_url, StreamKind.SOTW)
-        log.warning(
-            "NACK: envoy %r (group %r) rejected %s version %s (keeps %s): %s",
-            self._status.node_id,
-            self._status.node_cluster,
-            type_url,
-            status.sent_version,
-            request.version_info or "nothing",
-            one_line(message),
-        )
 
     def _responses(self, snapshot: Snapshot) -> Iterator[bytes]:
         for type_url in in_ads_order(set(self._types)):

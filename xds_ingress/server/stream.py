@@ -12,6 +12,7 @@ import abc
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -20,7 +21,7 @@ from xds_ingress.cache import Cancel, Snapshot, SnapshotWatcher
 from xds_ingress.resources import types
 from xds_ingress.server.events import Ended, StreamEvents, Woken
 from xds_ingress.server.metrics import XdsMetrics
-from xds_ingress.server.registry import StreamStatus
+from xds_ingress.server.registry import Nack, StreamStatus, one_line
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,26 @@ class XdsStream(abc.ABC, Generic[Request]):
                 return None
             return self._fixed_type
         return request_type_url or None
+
+    def _record_nack(self, *, type_url: str, nonce: str, message: str, rejected: str) -> None:
+        """Envoy rejected a response: keep its reason, count it, log it once.
+
+        Envoy stays on the last version it accepted; the stream does not
+        resend the rejected one, it waits for the next change.
+        """
+        status = self._status.of_type(type_url)
+        status.last_nack = Nack(
+            version=status.sent_version, nonce=nonce, message=message, at=time.time()
+        )
+        self._context.metrics.nacked(type_url, self._status.kind)
+        log.warning(
+            "NACK: envoy %r (group %r) rejected %s %s: %s",
+            self._status.node_id,
+            self._status.node_cluster,
+            type_url,
+            rejected,
+            one_line(message),
+        )
 
     @abc.abstractmethod
     def _on_request(self, request: Request) -> None: ...
