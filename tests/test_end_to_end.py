@@ -16,13 +16,13 @@ from ingress_harness import (
     Ingress,
     answers_with,
     endpoint_slice,
-    eventually,
     ingress,
     routes_to,
     rule,
     say_hello,
     service,
 )
+from peers import wait_until
 
 from xds_ingress.cache import DEFAULT_GROUP, make_resource, snapshot_from_resources
 from xds_ingress.demo.backend import GreeterBackend
@@ -181,7 +181,7 @@ async def test_envoys_resync_a_restarted_control_plane(
     async def reconnected() -> bool:
         return any(status.node_id == "test-envoy" for status in control_plane.xds.registry)
 
-    await eventually(reconnected, within_seconds=30, what="Envoy reconnected")
+    await wait_until(reconnected, timeout=30, message="Envoy reconnected")
     ingress_under_test.config.write(
         "ingress.yaml", ingress("main", [rule("a.example.com", ("/", "Prefix", "greeter-b"))])
     )
@@ -217,7 +217,7 @@ async def test_a_rejected_resource_leaves_traffic_on_the_last_good_config(
     async def nacked() -> bool:
         return control_plane.xds.metrics.nack_count(types.CLUSTER) >= 1
 
-    await eventually(nacked, what="a NACK for the bad cluster")
+    await wait_until(nacked, timeout=15, message="a NACK for the bad cluster")
     # One log line with Envoy's own reason, and the NACK kept for inspection.
     nack_lines = [r.getMessage() for r in caplog.records if "NACK" in r.getMessage()]
     assert len(nack_lines) == 1, nack_lines

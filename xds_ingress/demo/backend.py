@@ -42,8 +42,12 @@ class _AsyncHealth(Protocol):
     async def enter_graceful_shutdown(self) -> None: ...
 
 
-class Greeter(greeter_pb2_grpc.GreeterServicer):
-    """Greets by name and signs every reply with this backend's name."""
+class Greeter:
+    """Greets by name and signs every reply with this backend's name.
+
+    Not a subclass of the generated GreeterServicer, which is untyped (Any to
+    mypy) and only adds UNIMPLEMENTED defaults; every method is here.
+    """
 
     def __init__(self, *, name: str) -> None:
         self._name = name
@@ -99,9 +103,8 @@ class GreeterBackend:
 
     @property
     def target(self) -> str:
-        """host:port for a gRPC channel (IPv6 addresses bracketed)."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        """host:port for a gRPC channel."""
+        return _host_port(self.address, self.port)
 
     async def start(self) -> int:
         if self._server is not None:
@@ -109,29 +112,25 @@ class GreeterBackend:
         # gRPC sets SO_REUSEPORT by default, so two backends told the same port
         # would both bind and silently share its calls; a clash must fail.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        # The generated registration function carries no annotations.
-        greeter_pb2_grpc.add_GreeterServicer_to_server(  # type: ignore[no-untyped-call]
-            Greeter(name=self.name), server
-        )
+        greeter_pb2_grpc.add_GreeterServicer_to_server(Greeter(name=self.name), server)
         servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         health_servicer: _AsyncHealth = servicer
         reflection.enable_server_reflection(
             [GREETER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        host = f"[{self.address}]" if ":" in self.address else self.address
+        address = _host_port(self.address, self.port)
         try:
-            bound = server.add_insecure_port(f"{host}:{self.port}")
+            bound = server.add_insecure_port(address)
         except RuntimeError as error:
             # grpc says only "Failed to bind"; name the backend and the address.
-            raise OSError(
-                f"backend {self.name!r} could not listen on {host}:{self.port}"
-            ) from error
-        await server.start()
+            raise OSError(f"backend {self.name!r} could not listen on {address}") from error
         serving = health_pb2.HealthCheckResponse.SERVING
-        # "" is the whole server, which is what Envoy's gRPC health check asks by default.
+        # Set before serving, so no probe ever sees the service as unknown.
+        # "" is the whole server, which Envoy's gRPC health check asks by default.
         for service in ("", GREETER_SERVICE):
             await health_servicer.set(service, serving)
+        await server.start()
         self.port = bound
         self._server = server
         self._health = health_servicer
@@ -160,6 +159,12 @@ class GreeterBackend:
         await self.stop()
 
 
+def _host_port(address: str, port: int) -> str:
+    # An IPv6 address needs brackets before the port.
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}"
+
+
 async def serve_backend(*, name: str, address: str = "127.0.0.1", port: int = 0) -> GreeterBackend:
     """Start a backend and return it; `backend.port` is the bound port."""
     backend = GreeterBackend(name=name, address=address, port=port)
@@ -169,7 +174,6 @@ async def serve_backend(*, name: str, address: str = "127.0.0.1", port: int = 0)
 
 async def _serve_until_signalled(*, name: str, address: str, port: int) -> None:
     backend = await serve_backend(name=name, address=address, port=port)
-    print(f"greeter backend {name} listening on {backend.target}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

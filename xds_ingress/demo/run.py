@@ -138,6 +138,8 @@ def _print_welcome(
     settings: DemoSettings, *, source: Path, answered_by: str, envoy: EnvoyLauncher
 ) -> None:
     target = f"127.0.0.1:{settings.http_port}"
+    # `make run` builds grpcurl into .cache/bin, which is not on the user's PATH.
+    grpcurl = shutil.which("grpcurl") or "grpcurl"
     print(
         f"""
 xds-ingress demo is running (backend {answered_by!r} answered through Envoy).
@@ -150,14 +152,14 @@ xds-ingress demo is running (backend {answered_by!r} answered through Envoy).
 
 Call a backend through the ingress (host a.greeter.local -> greeter-a, b.greeter.local -> b):
 
-  grpcurl -plaintext -authority a.greeter.local -d '{{"name": "you"}}' \\
+  {grpcurl} -plaintext -authority a.greeter.local -d '{{"name": "you"}}' \\
       {target} xds_ingress.demo.v1.Greeter/SayHello
-  grpcurl -plaintext -authority b.greeter.local -d '{{"name": "you"}}' \\
+  {grpcurl} -plaintext -authority b.greeter.local -d '{{"name": "you"}}' \\
       {target} xds_ingress.demo.v1.Greeter/SayHello
 
 Inspect the control plane (reflection and health are on the xDS port):
 
-  grpcurl -plaintext 127.0.0.1:{settings.xds_port} list
+  {grpcurl} -plaintext 127.0.0.1:{settings.xds_port} list
 
 Press Ctrl-C to stop.""",
         flush=True,

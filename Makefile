@@ -1,0 +1,83 @@
+# Everything runs from a fresh clone: `make run` or `make test` (see README.md).
+# Tools live in .venv (Python) and .cache/bin (Go-built test peers); nothing
+# is installed system-wide.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Rewritten after every successful install, so editing pyproject.toml (a new
+# dependency, a new range) reinstalls on the next make.
+STAMP := $(VENV)/.stamp
+
+# The test peers are library code for every test, so they are held to
+# --strict like the package; test files themselves are not (yet).
+MYPY_EXTRA := scripts tests/peers.py tests/conftest.py tests/test_peers.py
+
+.PHONY: help venv test-deps test lint protos protos-check run bench clean distclean
+
+help:
+	@echo "make run          the local ingress: control plane, Envoy, two gRPC backends"
+	@echo "make test         protos-check, lint and the whole test suite (as CI runs it)"
+	@echo "make lint         ruff check, ruff format --check, mypy"
+	@echo "make protos       regenerate Python code from protos/"
+	@echo "make protos-check fail if the checked-in generated code is stale"
+	@echo "make test-deps    build the test peers pip does not provide (grpcurl) into .cache/bin"
+	@echo "make venv         create or update .venv"
+	@echo "make bench        run the benchmarks (not part of test)"
+	@echo "make clean        remove caches and build output; distclean also .venv and .cache"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+		echo "creating $(VENV) with $(PYTHON)"; \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+test-deps:
+	scripts/install-test-deps.sh
+
+test: venv test-deps
+	$(MAKE) protos-check
+	$(MAKE) lint
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/mypy $(MYPY_EXTRA)
+
+protos: venv
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: venv
+	$(BIN)/python scripts/gen_protos.py --check
+
+# grpcurl is what a newcomer calls the demo with; without Go the demo still
+# runs and prints the command to use with any grpcurl.
+run: venv
+	scripts/install-test-deps.sh grpcurl || echo "make run: no grpcurl built (needs Go); the demo runs anyway"
+	PATH="$(CURDIR)/.cache/bin:$$PATH" $(BIN)/xds-ingress demo
+
+# Benchmarks measure; they never gate `make test`.
+bench: venv
+	@if [ -f bench/__main__.py ]; then \
+		$(BIN)/python -m bench; \
+	else \
+		echo "no benchmarks yet (bench/__main__.py is missing)"; \
+	fi
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .cache

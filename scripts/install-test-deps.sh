@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Install the peers the tests run against that pip does not provide, into
+# .cache/bin (repo-relative, git-ignored). Idempotent: a tool already at the
+# wanted version is left alone, so `make test` can run this every time.
+#
+# Each tool is one install_* function plus one line in main; later issues add
+# etcd and kube-apiserver the same way.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${REPO}/.cache/bin"
+
+GRPCURL_VERSION="v1.9.4"
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+
+need() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        log "missing '$1': $2"
+        exit 1
+    fi
+}
+
+# A stamp beside each binary records the version installed, because not every
+# tool reports its own version the same way (or at all without a server).
+installed() {
+    local name="$1" version="$2"
+    [[ -x "${BIN}/${name}" && -f "${BIN}/.${name}.version" ]] &&
+        [[ "$(cat "${BIN}/.${name}.version")" == "${version}" ]]
+}
+
+mark_installed() {
+    printf '%s\n' "$2" >"${BIN}/.$1.version"
+}
+
+# go install builds from source through the Go module proxy, checked against
+# the Go checksum database, so no binary of unknown origin lands in .cache.
+go_install() {
+    local name="$1" module="$2" version="$3"
+    if installed "${name}" "${version}"; then
+        log "${name} ${version}: already installed"
+        return
+    fi
+    need go "install Go (https://go.dev/dl/) to build ${name}"
+    log "${name} ${version}: go install ${module}@${version}"
+    GOBIN="${BIN}" GOFLAGS="-trimpath" go install "${module}@${version}"
+    mark_installed "${name}" "${version}"
+}
+
+install_grpcurl() {
+    go_install grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "${GRPCURL_VERSION}"
+}
+
+# With arguments, install only those tools (`install-test-deps.sh grpcurl`
+# is what `make run` needs); without, everything the tests need.
+main() {
+    mkdir -p "${BIN}"
+    if (($#)); then
+        local tool
+        for tool in "$@"; do
+            "install_${tool}"
+        done
+        return
+    fi
+    install_grpcurl
+}
+
+main "$@"
