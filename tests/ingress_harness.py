@@ -104,6 +104,12 @@ class Ingress:
     xds_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    # Envoy's HTTPS listener, there once some Ingress has a servable certificate.
+    https_port: int = field(default_factory=free_port)
+    # The control plane's own --admin-address and --metrics-address ports
+    # (not Envoy's admin_port); None: not served.
+    inspection_port: int | None = None
+    metrics_port: int | None = None
     control_plane: ControlPlane | None = None
     envoy: EnvoyLauncher | None = None
 
@@ -124,9 +130,19 @@ class Ingress:
                 xds_address=HostPort("127.0.0.1", self.xds_port),
                 listen_address="127.0.0.1",
                 http_port=self.http_port,
-                https_port=free_port(),
+                https_port=self.https_port,
                 holdoff_seconds=0.02,
                 max_holdoff_seconds=0.2,
+                admin_address=(
+                    HostPort("127.0.0.1", self.inspection_port)
+                    if self.inspection_port is not None
+                    else None
+                ),
+                metrics_address=(
+                    HostPort("127.0.0.1", self.metrics_port)
+                    if self.metrics_port is not None
+                    else None
+                ),
             )
         )
         self.control_plane.source.poll_interval = 0.05
@@ -210,3 +226,52 @@ async def answers_with(ingress_under_test: Ingress, authority: str, code: grpc.S
         return result.code == code
 
     await wait_until(check, timeout=15, interval=0.1, message=f"{authority} answers {code.name}")
+
+
+# ---------------------------------------------------------------- over TLS
+
+
+@dataclass(frozen=True)
+class TlsClient:
+    """How a client reaches the HTTPS listener: whose CA it trusts, which SNI it sends."""
+
+    ca_pem: bytes
+    server_name: str
+
+
+async def say_hello_tls(
+    ingress_under_test: Ingress, client: TlsClient, *, authority: str | None = None
+) -> CallResult:
+    """One SayHello over TLS with SNI `client.server_name` (and :authority, unless given)."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=client.ca_pem)
+    options = [
+        # The name the certificate is checked against, and the SNI sent.
+        ("grpc.ssl_target_name_override", client.server_name),
+        ("grpc.default_authority", authority or client.server_name),
+        ("grpc.enable_retries", 0),
+    ]
+    target = f"127.0.0.1:{ingress_under_test.https_port}"
+    async with grpc.aio.secure_channel(target, credentials, options=options) as channel:
+        stub = greeter_pb2_grpc.GreeterStub(channel)
+        try:
+            reply = await stub.SayHello(greeter_pb2.HelloRequest(name="test"), timeout=2.0)
+        except grpc.aio.AioRpcError as error:
+            return CallResult(backend=None, code=error.code())
+    return CallResult(backend=str(reply.backend), code=grpc.StatusCode.OK)
+
+
+async def routes_to_tls(
+    ingress_under_test: Ingress, client: TlsClient, backend: str, *, authority: str | None = None
+) -> None:
+    async def check() -> bool:
+        result = await say_hello_tls(ingress_under_test, client, authority=authority)
+        return result.backend == backend
+
+    try:
+        await wait_until(
+            check, timeout=15, interval=0.1, message=f"TLS {client.server_name} → {backend}"
+        )
+    except TimeoutError as error:
+        raise AssertionError(
+            f"{error}\nenvoy log tail:\n{ingress_under_test.envoy_log()}"
+        ) from None

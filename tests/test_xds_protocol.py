@@ -362,3 +362,22 @@ async def test_per_type_services_serve_envoys_that_do_not_use_ads(xds) -> None: 
     assert delta.type_url == types.ENDPOINT
     assert [r.name for r in delta.resources] == ["b"]
     endpoints_stream.close()
+
+
+async def test_streams_on_one_version_share_one_serialised_response(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, xds_server, channel = xds
+    cache.set_snapshot("edge", config({f"c{i}": (i + 1,) for i in range(50)}))
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    clients = [Client(stub.StreamAggregatedResources()) for _ in range(3)]
+    for client in clients:
+        await client.send(discovery_pb2.DiscoveryRequest(node=NODE, type_url=types.CLUSTER))
+    responses = [await client.recv() for client in clients]
+    assert len({r.version_info for r in responses}) == 1
+    assert all(len(r.resources) == 50 for r in responses)
+    # The body is built once per (type, version); each stream only adds its nonce.
+    resources = cache.current("edge").of_type(types.CLUSTER)
+    shared = xds_server.shared_responses
+    assert shared.wildcard_body(resources) is shared.wildcard_body(resources)
+    assert shared.built == 1
+    for client in clients:
+        client.close()

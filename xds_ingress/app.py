@@ -18,10 +18,14 @@ import grpc
 from xds_ingress import ir
 from xds_ingress.cache import DEFAULT_GROUP, SnapshotCache
 from xds_ingress.pipeline import Debounce, Pipeline
-from xds_ingress.server.grpc_server import start_grpc_server
+from xds_ingress.server.grpc_server import inspection_services, start_grpc_server
+from xds_ingress.server.metrics_http import MetricsServer, follow_snapshots, start_metrics_server
 from xds_ingress.server.services import XdsServer
-from xds_ingress.settings import ServeSettings
+from xds_ingress.settings import KUBERNETES_SOURCE, ServeSettings
 from xds_ingress.sources.file import FileSource
+from xds_ingress.sources.kube_client import load_configuration
+from xds_ingress.sources.kubernetes import KubernetesSource
+from xds_ingress.sources.source import Source
 from xds_ingress.store import Store
 from xds_ingress.translate import translate
 from xds_ingress.translate.settings import ListenerSettings
@@ -36,22 +40,29 @@ class ControlPlane:
     store: Store
     xds: XdsServer
     pipeline: Pipeline
-    source: FileSource
+    source: Source
     server: grpc.aio.Server | None = None
     port: int = 0
+    admin_server: grpc.aio.Server | None = None
+    admin_port: int = 0
+    metrics_server: MetricsServer | None = None
     _tasks: tuple[asyncio.Task[None], ...] = ()
 
     @classmethod
     def from_settings(cls, settings: ServeSettings) -> ControlPlane:
         cache = SnapshotCache()
         store = Store()
+        source = _source(settings)
         listener_settings = ListenerSettings(
             listen_address=settings.listen_address,
             http_port=settings.http_port,
             https_port=settings.https_port,
-            # Every object in a folder is meant for us.
-            claim_classless=True,
+            # Every object in a folder is meant for us; in a cluster an
+            # Ingress is ours only by its class.
+            claim_classless=isinstance(source, FileSource),
         )
+
+        xds = XdsServer(cache=cache)
 
         def translate_store() -> ir.Translation:
             return translate(store.view(), settings=listener_settings)
@@ -64,24 +75,47 @@ class ControlPlane:
                 holdoff_seconds=settings.holdoff_seconds,
                 max_holdoff_seconds=settings.max_holdoff_seconds,
             ),
+            observe_build=xds.metrics.observe_build,
         )
         store.subscribe(lambda _change: pipeline.changed())
         return cls(
             settings=settings,
             cache=cache,
             store=store,
-            xds=XdsServer(cache=cache),
+            xds=xds,
             pipeline=pipeline,
-            source=FileSource(Path(settings.source)),
+            source=source,
         )
 
     async def start(self) -> None:
+        # Inspection (admin API, CSDS) is served on the xDS port, and also on
+        # its own port when asked, reachable without reaching the Envoys' one.
+        inspection = inspection_services(cache=self.cache, registry=self.xds.registry)
         self.server, self.port = await start_grpc_server(
-            xds=self.xds, address=str(self.settings.xds_address)
+            services=(self.xds, *inspection), address=str(self.settings.xds_address)
         )
         log.info("xDS server listening on %s:%d", self.settings.xds_address.host, self.port)
+        if self.settings.admin_address is not None:
+            self.admin_server, self.admin_port = await start_grpc_server(
+                services=inspection, address=str(self.settings.admin_address)
+            )
+            log.info(
+                "admin API listening on %s:%d", self.settings.admin_address.host, self.admin_port
+            )
+        if self.settings.metrics_address is not None:
+            self.metrics_server = start_metrics_server(
+                metrics=self.xds.metrics,
+                host=self.settings.metrics_address.host,
+                port=self.settings.metrics_address.port,
+            )
+            follow_snapshots(cache=self.cache, metrics=self.xds.metrics)
+            log.info(
+                "metrics on http://%s:%d/metrics",
+                self.settings.metrics_address.host,
+                self.metrics_server.port,
+            )
         self._tasks = (
-            asyncio.create_task(self.source.run(self.store), name="file-source"),
+            asyncio.create_task(self.source.run(self.store), name="source"),
             asyncio.create_task(self.pipeline.run(synced=self.source.synced), name="pipeline"),
         )
         for task in self._tasks:
@@ -95,6 +129,20 @@ class ControlPlane:
                 await task
         if self.server is not None:
             await self.server.stop(grace=1.0)
+        if self.admin_server is not None:
+            await self.admin_server.stop(grace=1.0)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+
+
+def _source(settings: ServeSettings) -> Source:
+    """The folder source, or the cluster's; raises KubeConfigError without a cluster."""
+    if settings.source == KUBERNETES_SOURCE:
+        return KubernetesSource(
+            configuration=load_configuration(kubeconfig=settings.kubeconfig),
+            namespace=settings.watch_namespace,
+        )
+    return FileSource(Path(settings.source))
 
 
 def _crash_loudly(task: asyncio.Task[None]) -> None:

@@ -244,12 +244,52 @@ class SnapshotWatcher(Protocol):
     def watch(self, group: str, wake: Wake) -> Cancel: ...
 
 
+class SnapshotInspector(SnapshotWatcher, Protocol):
+    """What inspection (the admin API, CSDS) sees of the cache: every group too."""
+
+    def groups(self) -> list[str]: ...
+
+    def watch_all(self, wake: Wake) -> Cancel: ...
+
+
+@dataclass(frozen=True)
+class TypeDiff:
+    """The resources of one type that differ between two snapshots, by name."""
+
+    type_url: str
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def diff(old: Snapshot | None, new: Snapshot) -> list[TypeDiff]:
+    """What changed from `old` (None: nothing) to `new`, for each type that changed."""
+    found: list[TypeDiff] = []
+    old_types = old.types if old is not None else {}
+    for type_url in sorted(set(old_types) | set(new.types)):
+        before = old_types[type_url].resources if type_url in old_types else {}
+        after = new.of_type(type_url).resources
+        added = tuple(sorted(set(after) - set(before)))
+        removed = tuple(sorted(set(before) - set(after)))
+        changed = tuple(
+            sorted(
+                name
+                for name in set(before) & set(after)
+                if before[name].version != after[name].version
+            )
+        )
+        if added or changed or removed:
+            found.append(TypeDiff(type_url, added=added, changed=changed, removed=removed))
+    return found
+
+
 class SnapshotCache:
     """The latest consistent snapshot per node group, and who to wake on change."""
 
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
         self._watchers: dict[str, set[Wake]] = {}
+        self._all_watchers: set[Wake] = set()
 
     def current(self, group: str) -> Snapshot | None:
         found = self._snapshots.get(group)
@@ -283,7 +323,7 @@ class SnapshotCache:
                     if name not in self._snapshots or name == DEFAULT_GROUP
                 )
             )
-        for wake in list(woken):
+        for wake in [*woken, *self._all_watchers]:
             wake()
         return True
 
@@ -298,3 +338,8 @@ class SnapshotCache:
                     del self._watchers[group]
 
         return cancel
+
+    def watch_all(self, wake: Wake) -> Cancel:
+        """Wake on every publish, of any group (for inspection, not for streams)."""
+        self._all_watchers.add(wake)
+        return lambda: self._all_watchers.discard(wake)

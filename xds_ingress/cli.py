@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from xds_ingress.settings import (
+    KUBERNETES_SOURCE,
     HostPort,
     ServeSettings,
     SettingError,
     parse_address,
     parse_host_port,
+    parse_namespace,
     parse_port,
 )
 
@@ -95,6 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="longest a change waits for a rebuild, in seconds",
     )
+    serve.add_argument(
+        "--admin-address",
+        type=_checked(parse_host_port, "--admin-address"),
+        default=None,
+        help="also serve the admin API and CSDS here (HOST:PORT); "
+        "they are always served on --xds-address",
+    )
+    serve.add_argument(
+        "--metrics-address",
+        type=_checked(parse_host_port, "--metrics-address"),
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics",
+    )
+    serve.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="with --source kubernetes: the kubeconfig file "
+        "(default: the pod's service account, else $KUBECONFIG or ~/.kube/config)",
+    )
+    serve.add_argument(
+        "--watch-namespace",
+        type=_checked(parse_namespace, "--watch-namespace"),
+        default=None,
+        help="with --source kubernetes: watch only this namespace (default: all)",
+    )
     _add_logging(serve)
 
     bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap")
@@ -155,18 +182,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             https_port=args.https_port,
             holdoff_seconds=args.holdoff,
             max_holdoff_seconds=args.max_holdoff,
+            kubeconfig=args.kubeconfig,
+            watch_namespace=args.watch_namespace,
+            admin_address=args.admin_address,
+            metrics_address=args.metrics_address,
         )
-        if settings.source != "kubernetes" and not Path(settings.source).is_dir():
-            parser.exit(2, f"xds-ingress: error: --source: {settings.source!r} is not a folder\n")
-        if settings.source == "kubernetes":
-            parser.exit(
-                2,
-                "xds-ingress: error: --source kubernetes is not available yet; "
-                "give a folder of YAML\n",
-            )
+        if settings.source != KUBERNETES_SOURCE:
+            if not Path(settings.source).is_dir():
+                parser.exit(
+                    2, f"xds-ingress: error: --source: {settings.source!r} is not a folder\n"
+                )
+            if args.kubeconfig is not None or args.watch_namespace is not None:
+                parser.exit(
+                    2,
+                    "xds-ingress: error: --kubeconfig and --watch-namespace "
+                    "need --source kubernetes\n",
+                )
         from xds_ingress.app import serve
+        from xds_ingress.sources.kube_client import KubeConfigError
 
-        return _run(serve(settings))
+        try:
+            return _run(serve(settings))
+        except KubeConfigError as error:
+            parser.exit(2, f"xds-ingress: error: {error}\n")
     if args.command == "demo":
         from xds_ingress.demo.run import DemoSettings, run_demo
 

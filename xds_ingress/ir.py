@@ -117,6 +117,60 @@ class Listener:
     route_config: str
 
 
+class TlsVersion(enum.StrEnum):
+    TLS1_2 = "1.2"
+    TLS1_3 = "1.3"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TlsCertificate:
+    """A certificate chain and its key, as Envoy fetches it over SDS.
+
+    `name` is "namespace/secretName" of the Kubernetes Secret, and the SDS
+    resource name. Both PEM texts are normalised (re-encoded from what was
+    parsed), so a Secret that only changes its formatting is the same value.
+    `sans` are the DNS names the leaf certificate covers (lowercase,
+    wildcards as "*.example.com"). The key takes part in equality, so a
+    rotated key is a new value, but never in the repr: IR values end up in
+    log lines and tracebacks.
+    """
+
+    name: str
+    cert_chain_pem: str
+    private_key_pem: str
+    sans: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"TlsCertificate(name={self.name!r}, sans={self.sans!r}, "
+            f"cert_chain_pem=<{len(self.cert_chain_pem)} chars>, private_key_pem=[redacted])"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFilterChain:
+    """The connections whose SNI is one of `server_names`, served with one certificate.
+
+    One chain per certificate, not per host: every host the certificate
+    serves shares the chain, its HTTP connection manager and `route_config`,
+    so an HTTP/2 client may coalesce them onto one connection (RFC 7540
+    section 9.1.1).
+    """
+
+    certificate: str  # a TlsCertificate name
+    server_names: tuple[str, ...]
+    route_config: str
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsListener:
+    name: str
+    address: str
+    port: int
+    filter_chains: tuple[TlsFilterChain, ...]
+    min_tls_version: TlsVersion = TlsVersion.TLS1_2
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything one node group of Envoys is given."""
@@ -124,6 +178,8 @@ class Config:
     listeners: tuple[Listener, ...] = ()
     route_configs: tuple[RouteConfig, ...] = ()
     backends: tuple[Backend, ...] = ()
+    https_listeners: tuple[HttpsListener, ...] = ()
+    certificates: tuple[TlsCertificate, ...] = ()
 
 
 class ConditionStatus(enum.StrEnum):

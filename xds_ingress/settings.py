@@ -7,6 +7,7 @@ these values and hands them down.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 
@@ -49,6 +50,19 @@ def parse_address(text: str, *, flag: str) -> str:
         raise SettingError(f"{flag}: expected an IP address, got {text!r}") from None
 
 
+# The --source value that watches the cluster instead of a folder.
+KUBERNETES_SOURCE = "kubernetes"
+
+# RFC 1123 label, what Kubernetes accepts as a namespace name.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def parse_namespace(text: str, *, flag: str) -> str:
+    if not _NAMESPACE.fullmatch(text):
+        raise SettingError(f"{flag}: {text!r} is not a Kubernetes namespace name")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
     source: str
@@ -58,3 +72,11 @@ class ServeSettings:
     https_port: int
     holdoff_seconds: float
     max_holdoff_seconds: float
+    # Only with source == KUBERNETES_SOURCE: the kubeconfig to use (None: in
+    # cluster, else the default one), and the one namespace to watch (None: all).
+    kubeconfig: str | None = None
+    watch_namespace: str | None = None
+    # A second port serving only inspection (admin API, CSDS, health,
+    # reflection), and Prometheus metrics over HTTP; None: not served.
+    admin_address: HostPort | None = None
+    metrics_address: HostPort | None = None

@@ -17,9 +17,10 @@ from xds_ingress import ir
 from xds_ingress.resources import types
 from xds_ingress.resources.cluster import build_cluster
 from xds_ingress.resources.endpoint import build_load_assignment
-from xds_ingress.resources.listener import build_listener
+from xds_ingress.resources.listener import build_https_listener, build_listener
 from xds_ingress.resources.memo import Memo
 from xds_ingress.resources.route import build_route_configuration, build_virtual_host
+from xds_ingress.resources.secret import build_secret
 
 Resources = dict[str, dict[str, Message]]
 
@@ -36,6 +37,8 @@ class ResourceBuilder:
 
     def __init__(self) -> None:
         self._listeners: Memo[ir.Listener, Message] = Memo()
+        self._https_listeners: Memo[ir.HttpsListener, Message] = Memo()
+        self._secrets: Memo[ir.TlsCertificate, Message] = Memo()
         self._route_configs: Memo[ir.RouteConfig, Message] = Memo()
         # A route config is rebuilt whenever any of its hosts changes; keeping
         # the hosts too makes that a copy of the unchanged ones, not a rebuild.
@@ -46,6 +49,8 @@ class ResourceBuilder:
         self._load_assignments: Memo[ir.Backend, Message] = Memo()
         self._memos: tuple[Memo[Any, Any], ...] = (
             self._listeners,
+            self._https_listeners,
+            self._secrets,
             self._route_configs,
             self._virtual_hosts,
             self._clusters,
@@ -57,6 +62,12 @@ class ResourceBuilder:
         for listener in config.listeners:
             message = self._listeners.get(listener, build_listener)
             _add(resources, types.LISTENER, listener.name, message)
+        for https_listener in config.https_listeners:
+            message = self._https_listeners.get(https_listener, build_https_listener)
+            _add(resources, types.LISTENER, https_listener.name, message)
+        for certificate in config.certificates:
+            message = self._secrets.get(certificate, build_secret)
+            _add(resources, types.SECRET, certificate.name, message)
         for route_config in config.route_configs:
             message = self._route_configs.get(route_config, self._build_route_configuration)
             _add(resources, types.ROUTE, route_config.name, message)

@@ -1,25 +1,44 @@
-"""ir.Listener → envoy.config.listener.v3.Listener: a plain-text HTTP listener.
+"""ir.Listener / ir.HttpsListener → envoy.config.listener.v3.Listener.
 
-One filter chain with an HttpConnectionManager that takes its routes over
-RDS (on the ADS stream), so a route change never touches the listener and
-never drains its connections.
+The plain listener has one filter chain with an HttpConnectionManager that
+takes its routes over RDS (on the ADS stream), so a route change never
+touches the listener and never drains its connections.
+
+The HTTPS listener reads the SNI (tls_inspector) and picks the filter chain
+of the certificate that serves that name; each chain terminates TLS with its
+certificate, fetched over SDS by name, so the key is never in the listener
+and a rotation never drains a connection. There is no default chain: a
+client naming a host no certificate serves (or no host) is refused at the
+handshake, rather than shown a certificate for some other host.
 """
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
 from xds_ingress import ir
 from xds_ingress.resources.core import ads_config_source, seconds, socket_address, typed
+from xds_ingress.resources.secret import sds_secret_config
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+# Always both: gRPC needs h2, and a client that offers only http/1.1 must
+# still get an answer (an HTTP/1.1 client gets a proper error, not a reset).
+ALPN_PROTOCOLS = ("h2", "http/1.1")
+_TLS_VERSIONS = {
+    ir.TlsVersion.TLS1_2: common_pb2.TlsParameters.TLSv1_2,
+    ir.TlsVersion.TLS1_3: common_pb2.TlsParameters.TLSv1_3,
+}
 
 # gRPC clients queue calls beyond a connection's stream limit instead of
 # opening another connection, so Envoy's edge advice of 100 would stall a
@@ -43,9 +62,8 @@ def build_listener(listener: ir.Listener) -> listener_pb2.Listener:
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[
-                    listener_components_pb2.Filter(
-                        name=HTTP_CONNECTION_MANAGER,
-                        typed_config=typed(_connection_manager(listener)),
+                    _connection_manager_filter(
+                        stat_prefix=listener.name, route_config=listener.route_config
                     )
                 ]
             )
@@ -53,13 +71,71 @@ def build_listener(listener: ir.Listener) -> listener_pb2.Listener:
     )
 
 
-def _connection_manager(listener: ir.Listener) -> hcm_pb2.HttpConnectionManager:
+def build_https_listener(listener: ir.HttpsListener) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=listener.name,
+        address=socket_address(listener.address, listener.port),
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name=TLS_INSPECTOR, typed_config=typed(tls_inspector_pb2.TlsInspector())
+            )
+        ],
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                # Named, so that Envoy's stats and config dumps say which
+                # certificate a connection was served with.
+                name=chain.certificate,
+                filter_chain_match=listener_components_pb2.FilterChainMatch(
+                    server_names=chain.server_names
+                ),
+                transport_socket=base_pb2.TransportSocket(
+                    name=TLS_TRANSPORT_SOCKET,
+                    typed_config=typed(
+                        _downstream_tls_context(chain, min_version=listener.min_tls_version)
+                    ),
+                ),
+                filters=[
+                    _connection_manager_filter(
+                        stat_prefix=listener.name, route_config=chain.route_config
+                    )
+                ],
+            )
+            for chain in listener.filter_chains
+        ],
+    )
+
+
+def _downstream_tls_context(
+    chain: ir.TlsFilterChain, *, min_version: ir.TlsVersion
+) -> tls_pb2.DownstreamTlsContext:
+    return tls_pb2.DownstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_params=common_pb2.TlsParameters(
+                tls_minimum_protocol_version=_TLS_VERSIONS[min_version]
+            ),
+            tls_certificate_sds_secret_configs=[sds_secret_config(chain.certificate)],
+            alpn_protocols=ALPN_PROTOCOLS,
+        )
+    )
+
+
+def _connection_manager_filter(
+    *, stat_prefix: str, route_config: str
+) -> listener_components_pb2.Filter:
+    return listener_components_pb2.Filter(
+        name=HTTP_CONNECTION_MANAGER,
+        typed_config=typed(_connection_manager(stat_prefix=stat_prefix, route_config=route_config)),
+    )
+
+
+def _connection_manager(*, stat_prefix: str, route_config: str) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
-        # AUTO serves HTTP/1.1 and, on this plain port, HTTP/2 with prior
-        # knowledge (h2c), which is how gRPC clients speak without TLS.
+        # AUTO serves HTTP/1.1 and HTTP/2: over TLS as ALPN chose, and on the
+        # plain port with prior knowledge (h2c), which is how gRPC clients
+        # speak without TLS.
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        stat_prefix=listener.name,
-        rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=listener.route_config),
+        stat_prefix=stat_prefix,
+        rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=route_config),
         # The router must be last: filters after it never see the request.
         http_filters=[hcm_pb2.HttpFilter(name=ROUTER, typed_config=typed(router_pb2.Router()))],
         # Clients send "host:port" authorities; routes name hosts only.

@@ -1,7 +1,9 @@
 """A built resource set as one static Envoy bootstrap, with no control plane.
 
 Route configurations are inlined into their listeners and endpoints into
-their clusters, so `envoy -c` loads exactly what xDS would have sent. Tests
+their clusters, and SDS secrets become static secrets that the listeners
+name, so `envoy -c` loads exactly what xDS would have sent (and the keys
+still stay out of the listeners). Tests
 validate resources this way (`envoy --mode validate`), and benchmarks use it
 as the yardstick of Envoy reading the same configuration from a file.
 """
@@ -12,16 +14,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message
 
 from xds_ingress.resources import types
 from xds_ingress.resources.core import bootstrap_shell, to_document, typed
 
 _HCM_TYPE_URL = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+_DOWNSTREAM_TLS_TYPE_URL = (
+    "type.googleapis.com/" + tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
+)
 
 
 def render_static_bootstrap(
@@ -57,6 +63,7 @@ def _with_inline_routes(
     if inlined.HasField("default_filter_chain"):
         chains.append(inlined.default_filter_chain)
     for chain in chains:
+        _use_static_secrets(chain)
         for network_filter in chain.filters:
             if network_filter.typed_config.type_url != _HCM_TYPE_URL:
                 continue
@@ -67,6 +74,18 @@ def _with_inline_routes(
                 hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
                 network_filter.typed_config.CopyFrom(typed(hcm))
     return inlined
+
+
+def _use_static_secrets(chain: listener_components_pb2.FilterChain) -> None:
+    """Point the chain's SDS references at static_resources.secrets (no sds_config)."""
+    socket = chain.transport_socket
+    if socket.typed_config.type_url != _DOWNSTREAM_TLS_TYPE_URL:
+        return
+    context = tls_pb2.DownstreamTlsContext()
+    socket.typed_config.Unpack(context)
+    for secret_config in context.common_tls_context.tls_certificate_sds_secret_configs:
+        secret_config.ClearField("sds_config")
+    socket.typed_config.CopyFrom(typed(context))
 
 
 def _with_inline_endpoints(

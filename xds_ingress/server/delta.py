@@ -100,6 +100,7 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
                 nonce=request.response_nonce,
                 message=request.error_detail.message,
                 rejected=", ".join(sorted(sent)) or "(removals only)",
+                resources=sent,
             )
             return
         for name, version in sent.items():

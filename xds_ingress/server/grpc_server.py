@@ -1,13 +1,25 @@
-"""The gRPC server on the xDS port: xDS, health and reflection."""
+"""The gRPC servers: xDS, inspection (admin API, CSDS), health and reflection.
+
+The xDS port serves everything; an optional admin port serves inspection
+alone, so operators can reach it without reaching the port Envoys use.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xds_ingress.server.services import XDS_SERVICE_NAMES, XdsServer
+from xds_ingress.cache import SnapshotInspector
+from xds_ingress.server.admin import AdminService
+from xds_ingress.server.csds import CsdsService
+from xds_ingress.server.lookup import Lookup
+from xds_ingress.server.redact import Redactor
+from xds_ingress.server.registry import StreamRegistry
 
 # Snapshots of thousands of services exceed gRPC's 4 MiB default; Envoy's
 # own limit for xDS responses is set to match in the bootstrap.
@@ -22,23 +34,48 @@ _OPTIONS = [
     ("grpc.so_reuseport", 0),
 ]
 
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
-async def start_grpc_server(*, xds: XdsServer, address: str) -> tuple[grpc.aio.Server, int]:
-    """Start serving on `address` (HOST:PORT, port 0 picks one); return the bound port."""
+
+class GrpcService(Protocol):
+    """Something that adds its handlers to a server and names the services it adds."""
+
+    @property
+    def service_names(self) -> tuple[str, ...]: ...
+
+    def register(self, server: grpc.aio.Server) -> None: ...
+
+
+def inspection_services(
+    *, cache: SnapshotInspector, registry: StreamRegistry
+) -> tuple[AdminService, CsdsService]:
+    """The admin API and CSDS over one cache and one stream registry."""
+    lookup = Lookup(cache=cache, registry=registry)
+    redactor = Redactor()
+    return AdminService(lookup=lookup, redactor=redactor), CsdsService(
+        lookup=lookup, redactor=redactor
+    )
+
+
+async def start_grpc_server(
+    *, services: Sequence[GrpcService], address: str
+) -> tuple[grpc.aio.Server, int]:
+    """Serve `services` with health and reflection on `address` (HOST:PORT, port 0 picks one).
+
+    Returns the server and the bound port. Reflection covers every file the
+    process has imported (the default descriptor pool), so grpcurl can also
+    print the Envoy resources inside a google.protobuf.Any.
+    """
     server = grpc.aio.server(options=_OPTIONS)
-    xds.register(server)
+    names: list[str] = []
+    for service in services:
+        service.register(server)
+        names += service.service_names
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for name in ("", *XDS_SERVICE_NAMES):
+    for name in ("", *names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (
-            *XDS_SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

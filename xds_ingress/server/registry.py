@@ -29,6 +29,9 @@ class Nack:
     nonce: str
     message: str
     at: float
+    # name -> version of each resource the rejected response carried ("" for
+    # a removal), so per-resource status can say which ones were rejected.
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,6 +44,10 @@ class TypeStatus:
     # name -> version sent, so per-resource status can be reported.
     sent_resources: dict[str, str] = field(default_factory=dict)
     acked_resources: dict[str, str] = field(default_factory=dict)
+    # name -> the last NACK that rejected it. Kept per resource because a
+    # later NACK of another resource must not hide this one; it applies only
+    # while the rejected version is still the one sent.
+    nacked_resources: dict[str, Nack] = field(default_factory=dict)
     subscribed: set[str] = field(default_factory=set)
     wildcard: bool = False
 

@@ -78,6 +78,8 @@ StreamHandler = Callable[
 class XdsServer:
     """Owns the xDS handlers; add them to any grpc.aio server with `register`."""
 
+    service_names = XDS_SERVICE_NAMES
+
     def __init__(
         self,
         *,
@@ -91,7 +93,7 @@ class XdsServer:
         self._context = StreamContext(
             cache=cache, metrics=self.metrics, control_plane_id=control_plane_id
         )
-        self._shared = SharedResponses(control_plane_id=control_plane_id)
+        self.shared_responses = SharedResponses(control_plane_id=control_plane_id)
 
     def _handler(self, kind: StreamKind, fixed_type: str | None) -> StreamHandler:
         async def handle(
@@ -101,7 +103,10 @@ class XdsServer:
             stream: XdsStream[Any]
             if kind is StreamKind.SOTW:
                 stream = SotwStream(
-                    context=self._context, status=status, fixed_type=fixed_type, shared=self._shared
+                    context=self._context,
+                    status=status,
+                    fixed_type=fixed_type,
+                    shared=self.shared_responses,
                 )
             else:
                 stream = DeltaStream(context=self._context, status=status, fixed_type=fixed_type)

@@ -45,6 +45,7 @@ class SharedResponses:
         self._control_plane = base_pb2.ControlPlane(identifier=control_plane_id)
         self._bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._capacity = capacity
+        self.built = 0
 
     def header(self, *, type_url: str, version: str) -> bytes:
         header: bytes = discovery_pb2.DiscoveryResponse(
@@ -60,6 +61,7 @@ class SharedResponses:
                 self.header(type_url=resources.type_url, version=resources.version)
                 + resources.sotw_pieces
             )
+            self.built += 1
             self._bodies[key] = body
             if len(self._bodies) > self._capacity:
                 self._bodies.popitem(last=False)
@@ -120,6 +122,13 @@ class SotwStream(XdsStream[DiscoveryRequest]):
                     message=request.error_detail.message,
                     rejected=f"version {status.sent_version} "
                     f"(keeps {request.version_info or 'nothing'})",
+                    # The whole response is rejected; what it changed is
+                    # what Envoy refused (the rest it already held).
+                    resources={
+                        name: version
+                        for name, version in state.sent_names.items()
+                        if status.acked_resources.get(name) != version
+                    },
                 )
             else:
                 status.acked_version = request.version_info

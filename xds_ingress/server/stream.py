@@ -21,6 +21,7 @@ from xds_ingress.cache import Cancel, Snapshot, SnapshotWatcher
 from xds_ingress.resources import types
 from xds_ingress.server.events import Ended, StreamEvents, Woken
 from xds_ingress.server.metrics import XdsMetrics
+from xds_ingress.server.redact import redact_text
 from xds_ingress.server.registry import Nack, StreamStatus, one_line
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,39 @@ class XdsStream(abc.ABC, Generic[Request]):
             return self._fixed_type
         return request_type_url or None
 
-    def _record_nack(self, *, type_url: str, nonce: str, message: str, rejected: str) -> None:
+    def _record_nack(
+        self,
+        *,
+        type_url: str,
+        nonce: str,
+        message: str,
+        rejected: str,
+        resources: dict[str, str],
+    ) -> None:
         """Envoy rejected a response: keep its reason, count it, log it once.
 
         Envoy stays on the last version it accepted; the stream does not
-        resend the rejected one, it waits for the next change.
+        resend the rejected one, it waits for the next change. `resources`
+        are the rejected response's resources (name -> version).
         """
         status = self._status.of_type(type_url)
-        status.last_nack = Nack(
-            version=status.sent_version, nonce=nonce, message=message, at=time.time()
+        # Envoy's validation errors quote the rejected message whole, private
+        # keys included: redacted before it is kept, logged or shown.
+        message = redact_text(message)
+        nack = Nack(
+            version=status.sent_version,
+            nonce=nonce,
+            message=message,
+            at=time.time(),
+            resources=dict(resources),
         )
+        status.last_nack = nack
+        for name in resources:
+            status.nacked_resources[name] = nack
+        # Bounded by what the Envoy holds: a resource no longer sent has no
+        # status to report.
+        for name in [n for n in status.nacked_resources if n not in status.sent_resources]:
+            del status.nacked_resources[name]
         self._context.metrics.nacked(type_url, self._status.kind)
         log.warning(
             "NACK: envoy %r (group %r) rejected %s %s: %s",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xds_ingress import ir
+
 DEFAULT_INGRESS_CLASS = "xds-ingress"
 DEFAULT_CONTROLLER_NAME = "xds-ingress.io/controller"
 
@@ -18,6 +20,8 @@ class ListenerSettings:
     `ingress_class`; or, with neither, when one of our IngressClasses is
     annotated `ingressclass.kubernetes.io/is-default-class: "true"`.
 
+    `min_tls_version` is the oldest TLS version the HTTPS listener accepts.
+
     `claim_classless` also claims every Ingress that names no class at all.
     It is off by default, as an Ingress without a class belongs to no
     controller in a shared cluster; turn it on for the file source, where
@@ -31,3 +35,4 @@ class ListenerSettings:
     ingress_class: str = DEFAULT_INGRESS_CLASS
     controller_name: str = DEFAULT_CONTROLLER_NAME
     claim_classless: bool = False
+    min_tls_version: ir.TlsVersion = ir.TlsVersion.TLS1_2

@@ -1,5 +1,6 @@
 """The translation, step by step: claim Ingresses, collect candidate routes,
-settle conflicts, resolve backends, then assemble sorted IR.
+settle conflicts, resolve backends, give each TLS host its certificate, then
+assemble sorted IR.
 
 Every step reports user mistakes to one Findings collector and carries on,
 so one bad object costs only its own routes, never the snapshot.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from xds_ingress import ir
 from xds_ingress.sources.objects import INGRESS, KubeObject
@@ -17,9 +19,11 @@ from xds_ingress.store import StoreView
 from xds_ingress.translate.backends import BackendResolver
 from xds_ingress.translate.classes import ClassPolicy
 from xds_ingress.translate.findings import Findings
+from xds_ingress.translate.https import https_config
 from xds_ingress.translate.precedence import host_order, resolve_conflicts, route_order
 from xds_ingress.translate.rules import Candidate, ingress_candidates
 from xds_ingress.translate.settings import ListenerSettings
+from xds_ingress.translate.tls_rules import TlsRequest, tls_requests
 from xds_ingress.translate.validation import Invalid
 
 log = logging.getLogger(__name__)
@@ -28,13 +32,25 @@ HTTP = "http"
 UNAVAILABLE = 503
 
 
-def translate(view: StoreView, *, settings: ListenerSettings) -> ir.Translation:
+def translate(
+    view: StoreView, *, settings: ListenerSettings, now: datetime | None = None
+) -> ir.Translation:
+    """`now` is when certificates are checked for expiry (default: the present)."""
     findings = Findings()
     policy = ClassPolicy.build(view, settings=settings)
     ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
     winners = resolve_conflicts(_candidates(ingresses, findings=findings), findings=findings)
     routes, backends = _routes(
         winners, resolver=BackendResolver(view, findings=findings), findings=findings
+    )
+    virtual_hosts = _virtual_hosts(routes)
+    https = https_config(
+        _tls_requests(ingresses, findings=findings),
+        view=view,
+        virtual_hosts=virtual_hosts,
+        settings=settings,
+        findings=findings,
+        now=now if now is not None else datetime.now(UTC),
     )
     for ingress in ingresses:
         findings.accept(ingress, message="the Ingress is served by xds-ingress")
@@ -47,8 +63,13 @@ def translate(view: StoreView, *, settings: ListenerSettings) -> ir.Translation:
                 route_config=HTTP,
             ),
         ),
-        route_configs=(ir.RouteConfig(name=HTTP, virtual_hosts=_virtual_hosts(routes)),),
+        route_configs=(
+            ir.RouteConfig(name=HTTP, virtual_hosts=virtual_hosts),
+            *https.route_configs,
+        ),
         backends=tuple(backends[name] for name in sorted(backends)),
+        https_listeners=() if https.listener is None else (https.listener,),
+        certificates=https.certificates,
     )
     return ir.Translation(config=config, conditions=findings.conditions())
 
@@ -65,6 +86,18 @@ def _candidates(ingresses: Iterable[KubeObject], *, findings: Findings) -> list[
             message = "xds-ingress failed to translate it"
             findings.rejected(ingress, reason="InternalError", message=message)
     return candidates
+
+
+def _tls_requests(ingresses: Iterable[KubeObject], *, findings: Findings) -> list[TlsRequest]:
+    requests: list[TlsRequest] = []
+    for ingress in ingresses:
+        try:
+            requests.extend(tls_requests(ingress, findings=findings))
+        except Exception:
+            log.exception("translating spec.tls of %s failed", ingress.ref)
+            message = "xds-ingress failed to translate its spec.tls"
+            findings.rejected(ingress, reason="InternalError", message=message)
+    return requests
 
 
 RoutesByHost = dict[str, list[tuple[Candidate, ir.Route]]]
