@@ -53,3 +53,44 @@ def test_bootstrap_is_ads_delta_by_default_and_sotw_on_request() -> None:
     assert delta["node"] == {"id": "envoy-7", "cluster": "edge"}
     assert delta["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     assert sotw["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+
+
+def test_serve_logs_json_lines_and_names_a_broken_file(tmp_path: Path) -> None:
+    from peers import free_port
+
+    (tmp_path / "broken.yaml").write_text("kind: Service\nmetadata: [unclosed\n")
+    (tmp_path / "good.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: d}\n"
+        "spec: {ports: [{name: grpc, port: 1}]}\n"
+    )
+    process = subprocess.Popen(
+        [
+            *XDS_INGRESS,
+            "serve",
+            "--source",
+            str(tmp_path),
+            "--log-format",
+            "json",
+            "--xds-address",
+            f"127.0.0.1:{free_port()}",
+            "--http-port",
+            str(free_port()),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    records = []
+    try:
+        for line in process.stderr:
+            records.append(json.loads(line))
+            if "published snapshot" in records[-1]["message"]:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert process.returncode == 0
+    warnings = [r for r in records if r["level"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert "broken.yaml" in warnings[0]["message"]
+    assert {"time", "logger", "message"} <= set(warnings[0])

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+from xds_ingress.logs import configure_logging
 from xds_ingress.settings import (
     KUBERNETES_SOURCE,
     HostPort,
@@ -58,6 +57,12 @@ def _positive_seconds(text: str) -> float:
 def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text for people, json (one object per line) for log collectors",
     )
 
 
@@ -149,14 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -172,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(json.dumps(document, indent=2))
         return 0
-    _configure_logging(args.log_level)
+    configure_logging(level=args.log_level, log_format=args.log_format)
     if args.command == "serve":
         settings = ServeSettings(
             source=args.source,
