@@ -20,6 +20,7 @@ from xds_ingress.bootstrap import render_bootstrap
 from xds_ingress.demo.v1 import greeter_pb2, greeter_pb2_grpc
 from xds_ingress.envoy_launcher import EnvoyLauncher
 from xds_ingress.settings import HostPort, ServeSettings
+from xds_ingress.sources.file import FileSource
 
 NAMESPACE = "demo"
 GREETER_SAY_HELLO = "/xds_ingress.demo.v1.Greeter/SayHello"
@@ -145,7 +146,9 @@ class Ingress:
                 ),
             )
         )
-        self.control_plane.source.poll_interval = 0.05
+        source = self.control_plane.source
+        assert isinstance(source, FileSource)  # the harness always gives a folder
+        source.poll_interval = 0.05
         await self.control_plane.start()
         return self.control_plane
 

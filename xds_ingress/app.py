@@ -27,7 +27,7 @@ from xds_ingress.sources.kube_client import load_configuration
 from xds_ingress.sources.kubernetes import KubernetesSource
 from xds_ingress.sources.source import Source
 from xds_ingress.store import Store
-from xds_ingress.translate import translate
+from xds_ingress.translate import CertificateCache, translate
 from xds_ingress.translate.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,12 @@ class ControlPlane:
 
         xds = XdsServer(cache=cache)
 
+        # Parsed TLS Secrets, kept between translations: an RSA key takes
+        # tens of milliseconds to check.
+        certificates = CertificateCache()
+
         def translate_store() -> ir.Translation:
-            return translate(store.view(), settings=listener_settings)
+            return translate(store.view(), settings=listener_settings, certificates=certificates)
 
         pipeline = Pipeline(
             translate=translate_store,

@@ -114,15 +114,25 @@ class KindWatch:
         # first: never a busy loop against a misbehaving server.
         while True:
             started = loop.time()
+            listed = False
             try:
                 if self._resource_version is None or self._relist_requested:
                     self._relist_requested = False
                     await self._list()
+                    listed = True
                 delivered = await self._watch()
             except ResourceExpired as error:
-                log.info("%s: %s; listing again", self._what, error)
+                resumed = self._resource_version is not None and not listed
                 self._resource_version = None
-                delivered = 0
+                if resumed:
+                    # The usual case: we resumed a watch from a resourceVersion
+                    # the server no longer keeps. List at once.
+                    log.info("%s: %s; listing again", self._what, error)
+                else:
+                    # Expired straight after (or during) a list: listing again
+                    # at once could spin.
+                    await self._pause(str(error))
+                continue
             except ApiError as error:
                 await self._pause(str(error))
                 continue
@@ -155,7 +165,6 @@ class KindWatch:
         self._sink.replace_all(listed.objects, origin=self.origin)
         self._resource_version = listed.resource_version
         self.lists += 1
-        self._backoff.reset()
         if not self.synced.is_set():
             log.info("%s: %d objects listed", self._what, len(listed.objects))
             self.synced.set()
@@ -174,6 +183,8 @@ class KindWatch:
             timeout_seconds=timeout,
         )
         self._stream = stream
+        if self._relist_requested:
+            stream.stop()  # resync() came while the list or this call was in flight
         loop = asyncio.get_running_loop()
         # The server ends the watch after `timeout`; the deadline only guards
         # against one that never does.

@@ -53,6 +53,9 @@ class KubernetesSource:
         self._configuration.connection_pool_maxsize = max(
             self._configuration.connection_pool_maxsize or 0, len(self.kinds) + 2
         )
+        # KindWatch retries with backoff; urllib3's own instant retries of a
+        # refused connection would only triple the requests and the log lines.
+        self._configuration.retries = False
         self._watch_timeout = watch_timeout_seconds
         self._backoff = backoff
 

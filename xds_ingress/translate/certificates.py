@@ -50,7 +50,44 @@ class Loaded:
     warnings: tuple[CertificateWarning, ...] = ()
 
 
-def load_certificate(secret: KubeObject, *, now: datetime) -> Loaded | Invalid:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parsed:
+    """What a Secret holds, checked; everything about it that does not change with time."""
+
+    certificate: ir.TlsCertificate
+    not_before: datetime
+    not_after: datetime
+
+
+class CertificateCache:
+    """Parsed Secrets, kept from one translation to the next.
+
+    Checking an RSA key costs tens of milliseconds, and translate runs on
+    every change of any Ingress. A Secret is parsed again only when its
+    content changes (KubeObject equality is content equality). Bounded
+    without a size to tune: `rotate()` at the end of a translation keeps
+    exactly what that translation used. Not thread-safe: one pipeline owns it.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[KubeObject, Parsed | Invalid] = {}
+        self._current: dict[KubeObject, Parsed | Invalid] = {}
+
+    def load(self, secret: KubeObject, *, now: datetime) -> Loaded | Invalid:
+        parsed = self._current.get(secret)
+        if parsed is None:
+            parsed = self._previous.get(secret)
+            if parsed is None:
+                parsed = parse_certificate(secret)
+            self._current[secret] = parsed
+        return parsed if isinstance(parsed, Invalid) else with_warnings(parsed, now=now)
+
+    def rotate(self) -> None:
+        self._previous = self._current
+        self._current = {}
+
+
+def parse_certificate(secret: KubeObject) -> Parsed | Invalid:
     """The Secret's certificate chain and key, checked and normalised."""
     secret_type = secret.body.get("type")
     if secret_type != TLS_SECRET_TYPE:
@@ -80,7 +117,6 @@ def load_certificate(secret: KubeObject, *, now: datetime) -> Loaded | Invalid:
             message=f"{PRIVATE_KEY_KEY} is not the key of the first certificate "
             f"in {CERTIFICATE_KEY}",
         )
-    sans = _dns_names(leaf)
     certificate = ir.TlsCertificate(
         name=f"{secret.namespace}/{secret.name}",
         cert_chain_pem="".join(
@@ -91,9 +127,38 @@ def load_certificate(secret: KubeObject, *, now: datetime) -> Loaded | Invalid:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode("ascii"),
-        sans=sans,
+        sans=_dns_names(leaf),
     )
-    return Loaded(certificate=certificate, warnings=_warnings(leaf, sans=sans, now=now))
+    return Parsed(
+        certificate=certificate,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+    )
+
+
+def with_warnings(parsed: Parsed, *, now: datetime) -> Loaded:
+    found = []
+    if parsed.not_after < now:
+        found.append(
+            CertificateWarning(
+                reason="CertificateExpired",
+                message=f"its certificate expired at {parsed.not_after.isoformat()}",
+            )
+        )
+    if parsed.not_before > now:
+        found.append(
+            CertificateWarning(
+                reason="CertificateNotYetValid",
+                message=f"its certificate is valid from {parsed.not_before.isoformat()}",
+            )
+        )
+    if not parsed.certificate.sans:
+        found.append(
+            CertificateWarning(
+                reason="NoDNSNames", message="its certificate names no DNS host in subjectAltName"
+            )
+        )
+    return Loaded(certificate=parsed.certificate, warnings=tuple(found))
 
 
 def _value(secret: KubeObject, key: str) -> bytes | Invalid:
@@ -165,30 +230,3 @@ def _dns_names(leaf: x509.Certificate) -> tuple[str, ...]:
         if check_host(name) is None:
             names.add(name)
     return tuple(sorted(names))
-
-
-def _warnings(
-    leaf: x509.Certificate, *, sans: tuple[str, ...], now: datetime
-) -> tuple[CertificateWarning, ...]:
-    found = []
-    if leaf.not_valid_after_utc < now:
-        found.append(
-            CertificateWarning(
-                reason="CertificateExpired",
-                message=f"its certificate expired at {leaf.not_valid_after_utc.isoformat()}",
-            )
-        )
-    if leaf.not_valid_before_utc > now:
-        found.append(
-            CertificateWarning(
-                reason="CertificateNotYetValid",
-                message=f"its certificate is valid from {leaf.not_valid_before_utc.isoformat()}",
-            )
-        )
-    if not sans:
-        found.append(
-            CertificateWarning(
-                reason="NoDNSNames", message="its certificate names no DNS host in subjectAltName"
-            )
-        )
-    return tuple(found)

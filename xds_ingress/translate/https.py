@@ -33,7 +33,7 @@ from datetime import datetime
 from xds_ingress import ir
 from xds_ingress.sources.objects import SECRET
 from xds_ingress.store import StoreView
-from xds_ingress.translate.certificates import Loaded, load_certificate
+from xds_ingress.translate.certificates import CertificateCache, Loaded
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.hostnames import covered_by_any, covers, is_wildcard, wildcard_for
 from xds_ingress.translate.precedence import age, host_order
@@ -73,8 +73,9 @@ def https_config(
     settings: ListenerSettings,
     findings: Findings,
     now: datetime,
+    cache: CertificateCache,
 ) -> HttpsConfig:
-    certificates = _load(requests, view=view, findings=findings, now=now)
+    certificates = _load(requests, view=view, findings=findings, now=now, cache=cache)
     routed = {vhost.name: vhost for vhost in virtual_hosts}
     assignment = _assign(
         requests,
@@ -138,7 +139,12 @@ def https_config(
 
 
 def _load(
-    requests: Iterable[TlsRequest], *, view: StoreView, findings: Findings, now: datetime
+    requests: Iterable[TlsRequest],
+    *,
+    view: StoreView,
+    findings: Findings,
+    now: datetime,
+    cache: CertificateCache,
 ) -> dict[str, ir.TlsCertificate]:
     """The servable certificates by name; every Ingress naming a bad one is told."""
     results: dict[str, Loaded | Invalid] = {}
@@ -147,7 +153,7 @@ def _load(
         name = request.secret_name
         result = results.get(name)
         if result is None:
-            result = results[name] = _load_one(view, request, now=now)
+            result = results[name] = _load_one(view, request, now=now, cache=cache)
         where = f"{request.where}: Secret {name}"
         if isinstance(result, Invalid):
             message = f"{where}: {result.message}; its hosts are not served over TLS with it"
@@ -164,12 +170,14 @@ def _load(
     return loaded
 
 
-def _load_one(view: StoreView, request: TlsRequest, *, now: datetime) -> Loaded | Invalid:
+def _load_one(
+    view: StoreView, request: TlsRequest, *, now: datetime, cache: CertificateCache
+) -> Loaded | Invalid:
     secret = view.get(SECRET, request.origin.namespace, request.secret)
     if secret is None:
         return Invalid(reason="SecretNotFound", message="not found")
     try:
-        return load_certificate(secret, now=now)
+        return cache.load(secret, now=now)
     except Exception:
         # A parser bug on one odd Secret must not cost the other
         # certificates. The log line names the Secret, never its data.

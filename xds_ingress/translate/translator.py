@@ -17,6 +17,7 @@ from xds_ingress import ir
 from xds_ingress.sources.objects import INGRESS, KubeObject
 from xds_ingress.store import StoreView
 from xds_ingress.translate.backends import BackendResolver
+from xds_ingress.translate.certificates import CertificateCache
 from xds_ingress.translate.classes import ClassPolicy
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.https import https_config
@@ -33,9 +34,18 @@ UNAVAILABLE = 503
 
 
 def translate(
-    view: StoreView, *, settings: ListenerSettings, now: datetime | None = None
+    view: StoreView,
+    *,
+    settings: ListenerSettings,
+    now: datetime | None = None,
+    certificates: CertificateCache | None = None,
 ) -> ir.Translation:
-    """`now` is when certificates are checked for expiry (default: the present)."""
+    """`now` is when certificates are checked for expiry (default: the present).
+
+    Pass the same `certificates` cache to every call, so that a Secret is
+    parsed once per change rather than once per translation.
+    """
+    cache = certificates if certificates is not None else CertificateCache()
     findings = Findings()
     policy = ClassPolicy.build(view, settings=settings)
     ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
@@ -51,7 +61,9 @@ def translate(
         settings=settings,
         findings=findings,
         now=now if now is not None else datetime.now(UTC),
+        cache=cache,
     )
+    cache.rotate()
     for ingress in ingresses:
         findings.accept(ingress, message="the Ingress is served by xds-ingress")
     config = ir.Config(
