@@ -381,3 +381,22 @@ async def test_streams_on_one_version_share_one_serialised_response(xds) -> None
     assert shared.built == 1
     for client in clients:
         client.close()
+
+
+def test_a_listener_naming_a_missing_secret_is_inconsistent() -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    listener = rds_listener("https", "https")
+    context = tls_pb2.DownstreamTlsContext()
+    context.common_tls_context.tls_certificate_sds_secret_configs.add(name="demo/cert")
+    chain = listener.filter_chains[0]
+    chain.transport_socket.name = "envoy.transport_sockets.tls"
+    chain.transport_socket.typed_config.Pack(context)
+    snapshot = build_snapshot(
+        {
+            types.LISTENER: {"https": listener},
+            types.ROUTE: {"https": route_pb2.RouteConfiguration(name="https")},
+            types.SECRET: {},
+        }
+    )
+    assert consistency_errors(snapshot) == ["listener secret 'demo/cert' is missing"]

@@ -31,6 +31,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP = ""
 """Snapshots set for this group serve every node group without one of its own."""
 
+_DOWNSTREAM_TLS_TYPE_URL = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
 _HCM_TYPE_URL = (
     "type.googleapis.com/envoy.extensions.filters.network."
     "http_connection_manager.v3.HttpConnectionManager"
@@ -183,21 +187,40 @@ def _eds_names(snapshot: Snapshot) -> set[str]:
     return names
 
 
-def _rds_names(snapshot: Snapshot) -> set[str]:
-    names: set[str] = set()
+def _filter_chains(snapshot: Snapshot) -> list[Any]:
+    chains: list[Any] = []
     for resource in snapshot.of_type(types.LISTENER).resources.values():
         listener: Any = resource.message
-        chains = [*listener.filter_chains]
+        chains += listener.filter_chains
         if listener.HasField("default_filter_chain"):
             chains.append(listener.default_filter_chain)
-        for chain in chains:
-            for network_filter in chain.filters:
-                if network_filter.typed_config.type_url != _HCM_TYPE_URL:
-                    continue
-                hcm = http_connection_manager_pb2.HttpConnectionManager()
-                network_filter.typed_config.Unpack(hcm)
-                if hcm.HasField("rds"):
-                    names.add(hcm.rds.route_config_name)
+    return chains
+
+
+def _sds_names(snapshot: Snapshot) -> set[str]:
+    names: set[str] = set()
+    for chain in _filter_chains(snapshot):
+        if chain.transport_socket.typed_config.type_url != _DOWNSTREAM_TLS_TYPE_URL:
+            continue
+        context = tls_pb2.DownstreamTlsContext()
+        chain.transport_socket.typed_config.Unpack(context)
+        common = context.common_tls_context
+        names.update(config.name for config in common.tls_certificate_sds_secret_configs)
+        if common.HasField("validation_context_sds_secret_config"):
+            names.add(common.validation_context_sds_secret_config.name)
+    return names
+
+
+def _rds_names(snapshot: Snapshot) -> set[str]:
+    names: set[str] = set()
+    for chain in _filter_chains(snapshot):
+        for network_filter in chain.filters:
+            if network_filter.typed_config.type_url != _HCM_TYPE_URL:
+                continue
+            hcm = http_connection_manager_pb2.HttpConnectionManager()
+            network_filter.typed_config.Unpack(hcm)
+            if hcm.HasField("rds"):
+                names.add(hcm.rds.route_config_name)
     return names
 
 
@@ -225,6 +248,11 @@ def consistency_errors(snapshot: Snapshot) -> list[str]:
     errors += [
         f"route config {name!r} is named by no listener" for name in sorted(rds_have - rds_wanted)
     ]
+    # A listener naming a Secret that is not served never finishes warming.
+    sds_wanted = _sds_names(snapshot)
+    sds_have = set(snapshot.of_type(types.SECRET).resources)
+    errors += [f"listener secret {name!r} is missing" for name in sorted(sds_wanted - sds_have)]
+    errors += [f"secret {name!r} is named by no listener" for name in sorted(sds_have - sds_wanted)]
     return errors
 
 
