@@ -32,6 +32,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
             "expected HOST:PORT",
         ),
         (["bootstrap", "--xds-address", "127.0.0.1:1"], "required"),
+        (["serve", "--source", "{tmp}", "--tls-min-version", "1.0"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
     ],
 )

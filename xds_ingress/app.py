@@ -57,6 +57,7 @@ class ControlPlane:
             listen_address=settings.listen_address,
             http_port=settings.http_port,
             https_port=settings.https_port,
+            min_tls_version=ir.TlsVersion(settings.tls_min_version),
             # Every object in a folder is meant for us; in a cluster an
             # Ingress is ours only by its class.
             claim_classless=isinstance(source, FileSource),

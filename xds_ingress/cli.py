@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=_checked(parse_port, "--http-port"), default=8080)
     serve.add_argument("--https-port", type=_checked(parse_port, "--https-port"), default=8443)
     serve.add_argument(
+        "--tls-min-version",
+        choices=["1.2", "1.3"],
+        default="1.2",
+        help="oldest TLS version the HTTPS listener accepts (default 1.2)",
+    )
+    serve.add_argument(
         "--holdoff",
         type=_positive_seconds,
         default=0.05,
@@ -183,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             watch_namespace=args.watch_namespace,
             admin_address=args.admin_address,
             metrics_address=args.metrics_address,
+            tls_min_version=args.tls_min_version,
         )
         if settings.source != KUBERNETES_SOURCE:
             if not Path(settings.source).is_dir():

@@ -80,3 +80,5 @@ class ServeSettings:
     # reflection), and Prometheus metrics over HTTP; None: not served.
     admin_address: HostPort | None = None
     metrics_address: HostPort | None = None
+    # The oldest TLS version the HTTPS listener accepts: "1.2" or "1.3".
+    tls_min_version: str = "1.2"
