@@ -16,7 +16,8 @@ STAMP := $(VENV)/.stamp
 
 # The test peers are library code for every test, so they are held to
 # --strict like the package; test files themselves are not (yet).
-MYPY_EXTRA := scripts tests/peers.py tests/conftest.py tests/test_peers.py
+MYPY_EXTRA := scripts tests/peers.py tests/conftest.py tests/test_peers.py \
+	tests/kube_apiserver.py tests/test_kubernetes_source.py tests/test_backoff.py
 
 .PHONY: help venv test-deps test lint protos protos-check run bench clean distclean
 
@@ -26,7 +27,7 @@ help:
 	@echo "make lint         ruff check, ruff format --check, mypy"
 	@echo "make protos       regenerate Python code from protos/"
 	@echo "make protos-check fail if the checked-in generated code is stale"
-	@echo "make test-deps    build the test peers pip does not provide (grpcurl) into .cache/bin"
+	@echo "make test-deps    build the test peers pip does not provide (grpcurl, etcd, kube-apiserver) into .cache"
 	@echo "make venv         create or update .venv"
 	@echo "make bench        run the benchmarks (not part of test)"
 	@echo "make clean        remove caches and build output; distclean also .venv and .cache"
@@ -67,10 +68,15 @@ run: venv
 	scripts/install-test-deps.sh grpcurl || echo "make run: no grpcurl built (needs Go); the demo runs anyway"
 	PATH="$(CURDIR)/.cache/bin:$$PATH" $(BIN)/xds-ingress demo
 
-# Benchmarks measure; they never gate `make test`.
+# Benchmarks measure; they never gate `make test`. `make bench BENCH_ARGS=--quick`
+# is a short smoke run (see bench/README.md). Without Go, the data-plane
+# scenario is skipped and says why.
+BENCH_ARGS ?=
 bench: venv
 	@if [ -f bench/__main__.py ]; then \
-		$(BIN)/python -m bench; \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'; \
+		bench/install-deps.sh || echo "make bench: ghz and the interop server were not built"; \
+		$(BIN)/python -m bench $(BENCH_ARGS); \
 	else \
 		echo "no benchmarks yet (bench/__main__.py is missing)"; \
 	fi

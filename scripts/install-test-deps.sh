@@ -47,6 +47,11 @@ go_install() {
     mark_installed "${name}" "${version}"
 }
 
+# etcd and kube-apiserver, built from source and cached under .cache/kube.
+install_kube() {
+    "${REPO}/scripts/install-kube.sh"
+}
+
 install_grpcurl() {
     go_install grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "${GRPCURL_VERSION}"
 }
@@ -63,6 +68,7 @@ main() {
         return
     fi
     install_grpcurl
+    install_kube
 }
 
 main "$@"

@@ -17,6 +17,9 @@ from peers import LOOPBACK, BackendFactory, EnvoyFactory, EnvoyProcess
 
 from xds_ingress.demo.backend import GreeterBackend
 
+# kube_cluster and kube_namespace: a real etcd and kube-apiserver (tests/kube_apiserver.py).
+pytest_plugins = ["kube_apiserver"]
+
 _ENVOYS = pytest.StashKey[list[EnvoyProcess]]()
 # Enough of the log to see why a config was rejected, short enough to read.
 _FAILURE_LOG_LINES = 60
