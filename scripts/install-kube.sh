@@ -36,27 +36,9 @@ MIN_ETCD="3.5"
 # short (a 2-core, 24 GiB machine builds fine with the default).
 GO_PARALLEL="${GO_PARALLEL:-$(nproc 2>/dev/null || echo 2)}"
 
-log() { printf 'install-kube: %s\n' "$*" >&2; }
-
-need() {
-    if ! command -v "$1" >/dev/null 2>&1; then
-        log "missing '$1': $2"
-        exit 1
-    fi
-}
-
-# A stamp beside each binary records the version installed: asking the
-# binary itself would mean running it (and kube-apiserver's version output
-# depends on ldflags).
-installed() {
-    local name="$1" version="$2"
-    [[ -x "${BIN}/${name}" && -f "${BIN}/.${name}.version" ]] &&
-        [[ "$(cat "${BIN}/.${name}.version")" == "${version}" ]]
-}
-
-mark_installed() {
-    printf '%s\n' "$2" >"${BIN}/.$1.version"
-}
+LOG_PREFIX="install-kube"
+# shellcheck source=scripts/lib.sh
+source "${REPO}/scripts/lib.sh"
 
 go_env() {
     # -mod=mod lets the wrapper's go.mod gain the requirements it is missing;

@@ -3,8 +3,7 @@
 # .cache/bin (repo-relative, git-ignored). Idempotent: a tool already at the
 # wanted version is left alone, so `make test` can run this every time.
 #
-# Each tool is one install_* function plus one line in main; later issues add
-# etcd and kube-apiserver the same way.
+# Each tool is one install_* function plus one line in main.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,26 +11,9 @@ BIN="${REPO}/.cache/bin"
 
 GRPCURL_VERSION="v1.9.4"
 
-log() { printf 'install-test-deps: %s\n' "$*" >&2; }
-
-need() {
-    if ! command -v "$1" >/dev/null 2>&1; then
-        log "missing '$1': $2"
-        exit 1
-    fi
-}
-
-# A stamp beside each binary records the version installed, because not every
-# tool reports its own version the same way (or at all without a server).
-installed() {
-    local name="$1" version="$2"
-    [[ -x "${BIN}/${name}" && -f "${BIN}/.${name}.version" ]] &&
-        [[ "$(cat "${BIN}/.${name}.version")" == "${version}" ]]
-}
-
-mark_installed() {
-    printf '%s\n' "$2" >"${BIN}/.$1.version"
-}
+LOG_PREFIX="install-test-deps"
+# shellcheck source=scripts/lib.sh
+source "${REPO}/scripts/lib.sh"
 
 # go install builds from source through the Go module proxy, checked against
 # the Go checksum database, so no binary of unknown origin lands in .cache.
