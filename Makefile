@@ -17,9 +17,11 @@ STAMP := $(VENV)/.stamp
 # The test peers are library code for every test, so they are held to
 # --strict like the package; test files themselves are not (yet).
 MYPY_EXTRA := scripts tests/peers.py tests/conftest.py tests/test_peers.py \
-	tests/kube_apiserver.py tests/test_kubernetes_source.py tests/test_backoff.py
+	tests/kube_apiserver.py tests/test_kubernetes_source.py tests/test_backoff.py \
+	tests/test_manifests.py tests/test_status_nack.py tests/test_kube_status.py
 
 .PHONY: help venv test-deps test lint protos protos-check run bench clean distclean
+.PHONY: deploy manifests-check
 
 help:
 	@echo "make run          the local ingress: control plane, Envoy, two gRPC backends"
@@ -30,6 +32,8 @@ help:
 	@echo "make test-deps    build the test peers pip does not provide (grpcurl, etcd, kube-apiserver) into .cache"
 	@echo "make venv         create or update .venv"
 	@echo "make bench        run the benchmarks (not part of test)"
+	@echo "make deploy       install into the current kubectl context (OVERLAY=loadbalancer; see manifests/README.md)"
+	@echo "make manifests-check render every manifests/ overlay and validate it against a real API server"
 	@echo "make clean        remove caches and build output; distclean also .venv and .cache"
 
 venv: $(STAMP)
@@ -80,6 +84,19 @@ bench: venv
 	else \
 		echo "no benchmarks yet (bench/__main__.py is missing)"; \
 	fi
+
+# The ingress into whatever cluster kubectl points at. OVERLAY is one of
+# manifests/overlays/ (nodeport, loadbalancer, daemonset-hostnetwork).
+OVERLAY ?= loadbalancer
+deploy:
+	kubectl apply -k manifests/overlays/$(OVERLAY)
+
+# Renders each overlay with kustomize and has a real kube-apiserver accept
+# every object (server-side dry run); also runs the control plane with
+# exactly the rendered RBAC. Part of `make test` too.
+manifests-check: venv
+	scripts/install-test-deps.sh kustomize kube
+	$(BIN)/pytest -q tests/test_manifests.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

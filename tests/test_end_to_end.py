@@ -251,3 +251,15 @@ def _pushes(control_plane: object) -> float:
         for sample in metric.samples
         if sample.name.endswith("_total")
     )
+
+
+async def test_with_no_ingress_the_listener_opens_and_answers_not_found(
+    ingress_under_test: Ingress, backends: dict[str, GreeterBackend]
+) -> None:
+    # A fresh install: Services but no Ingress, so no clusters at all. Envoy
+    # must not sit out its 15 s initial fetch timeout waiting for a CDS reply.
+    write_services(ingress_under_test, backends)
+    await ingress_under_test.start_control_plane()
+    envoy = await ingress_under_test.start_envoy()
+    await envoy.wait_live(within_seconds=5)
+    await answers_with(ingress_under_test, "a.example.com", grpc.StatusCode.UNIMPLEMENTED)

@@ -400,3 +400,19 @@ def test_a_listener_naming_a_missing_secret_is_inconsistent() -> None:
         }
     )
     assert consistency_errors(snapshot) == ["listener secret 'demo/cert' is missing"]
+
+
+async def test_a_delta_wildcard_subscription_is_answered_even_when_empty(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, _, channel = xds
+    cache.set_snapshot("edge", config({}))
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    client = Client(stub.DeltaAggregatedResources())
+    await client.send(discovery_pb2.DeltaDiscoveryRequest(node=NODE, type_url=types.CLUSTER))
+    first = await client.recv()
+    assert first.type_url == types.CLUSTER
+    assert not first.resources and not first.removed_resources
+    await client.send(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=types.CLUSTER, response_nonce=first.nonce)
+    )
+    await client.expect_silence()
+    client.close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,10 @@ from xds_ingress.settings import KUBERNETES_SOURCE, ServeSettings
 from xds_ingress.sources.file import FileSource
 from xds_ingress.sources.kube_client import load_configuration
 from xds_ingress.sources.kubernetes import KubernetesSource
+from xds_ingress.sources.objects import KubeObject
 from xds_ingress.sources.source import Source
+from xds_ingress.status import StatusStage
+from xds_ingress.status.kube_writer import KubeStatusWriter, StatusSettings
 from xds_ingress.store import Store
 from xds_ingress.translate import CertificateCache, translate
 from xds_ingress.translate.settings import ListenerSettings
@@ -41,6 +46,9 @@ class ControlPlane:
     xds: XdsServer
     pipeline: Pipeline
     source: Source
+    status: StatusStage
+    # Writes status to Kubernetes (with --source kubernetes only).
+    status_writer: KubeStatusWriter | None = None
     server: grpc.aio.Server | None = None
     port: int = 0
     admin_server: grpc.aio.Server | None = None
@@ -53,6 +61,7 @@ class ControlPlane:
         cache = SnapshotCache()
         store = Store()
         source = _source(settings)
+        status_writer = _status_writer(settings, store=store)
         listener_settings = ListenerSettings(
             listen_address=settings.listen_address,
             http_port=settings.http_port,
@@ -63,7 +72,15 @@ class ControlPlane:
             claim_classless=isinstance(source, FileSource),
         )
 
-        xds = XdsServer(cache=cache)
+        def locate(ref: ir.ObjectRef) -> ir.ObjectRef | None:
+            # The object as its source read it: the file to name in a log line.
+            obj = store.view().get(ref.kind, ref.namespace, ref.name)
+            return obj.ref if obj is not None else None
+
+        # Told every build (conditions, and which objects make which Envoy
+        # resource) and every ACK/NACK: a NACK becomes status on the objects.
+        status = StatusStage(locate=locate, sink=status_writer)
+        xds = XdsServer(cache=cache, observer=status)
 
         # Parsed TLS Secrets, kept between translations: an RSA key takes
         # tens of milliseconds to check.
@@ -81,6 +98,7 @@ class ControlPlane:
                 max_holdoff_seconds=settings.max_holdoff_seconds,
             ),
             observe_build=xds.metrics.observe_build,
+            observe_translation=status.built,
         )
         store.subscribe(lambda _change: pipeline.changed())
         return cls(
@@ -90,6 +108,8 @@ class ControlPlane:
             xds=xds,
             pipeline=pipeline,
             source=source,
+            status=status,
+            status_writer=status_writer,
         )
 
     async def start(self) -> None:
@@ -123,6 +143,8 @@ class ControlPlane:
             asyncio.create_task(self.source.run(self.store), name="source"),
             asyncio.create_task(self.pipeline.run(synced=self.source.synced), name="pipeline"),
         )
+        if self.status_writer is not None:
+            self._tasks += (asyncio.create_task(self.status_writer.run(), name="status-writer"),)
         for task in self._tasks:
             task.add_done_callback(_crash_loudly)
 
@@ -148,6 +170,26 @@ def _source(settings: ServeSettings) -> Source:
             namespace=settings.watch_namespace,
         )
     return FileSource(Path(settings.source))
+
+
+def _status_writer(settings: ServeSettings, *, store: Store) -> KubeStatusWriter | None:
+    if settings.source != KUBERNETES_SOURCE:
+        return None
+
+    def lookup(ref: ir.ObjectRef) -> KubeObject | None:
+        return store.view().get(ref.kind, ref.namespace, ref.name)
+
+    return KubeStatusWriter(
+        configuration=load_configuration(kubeconfig=settings.kubeconfig),
+        settings=StatusSettings(
+            publish_service=settings.publish_service,
+            lease_namespace=settings.leader_election_namespace,
+            # Unique per process: a restarted pod must not pass for its
+            # previous self, which may still think it holds the Lease.
+            identity=f"{socket.gethostname()}_{secrets.token_hex(4)}",
+        ),
+        lookup=lookup,
+    )
 
 
 def _crash_loudly(task: asyncio.Task[None]) -> None:

@@ -22,6 +22,7 @@ from xds_ingress.settings import (
     parse_address,
     parse_host_port,
     parse_namespace,
+    parse_namespaced_name,
     parse_port,
 )
 
@@ -133,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --source kubernetes: watch only this namespace (default: all)",
     )
+    serve.add_argument(
+        "--publish-service",
+        type=_checked(parse_namespaced_name, "--publish-service"),
+        default=None,
+        help="with --source kubernetes: NAMESPACE/NAME of the Envoy Service whose addresses "
+        "(load balancer, else external IPs, else cluster IP) Ingresses show in their status",
+    )
+    serve.add_argument(
+        "--leader-election-namespace",
+        type=_checked(parse_namespace, "--leader-election-namespace"),
+        default=None,
+        help="with --source kubernetes: where the Lease electing the one replica that writes "
+        "status lives (default: --publish-service's namespace, else --watch-namespace, "
+        "else default)",
+    )
     _add_logging(serve)
 
     bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap")
@@ -190,17 +206,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             admin_address=args.admin_address,
             metrics_address=args.metrics_address,
             tls_min_version=args.tls_min_version,
+            publish_service=args.publish_service,
+            leader_election_namespace=(
+                args.leader_election_namespace
+                or (args.publish_service[0] if args.publish_service else None)
+                or args.watch_namespace
+                or "default"
+            ),
         )
         if settings.source != KUBERNETES_SOURCE:
             if not Path(settings.source).is_dir():
                 parser.exit(
                     2, f"xds-ingress: error: --source: {settings.source!r} is not a folder\n"
                 )
-            if args.kubeconfig is not None or args.watch_namespace is not None:
+            kube_only = (
+                args.kubeconfig,
+                args.watch_namespace,
+                args.publish_service,
+                args.leader_election_namespace,
+            )
+            if any(value is not None for value in kube_only):
                 parser.exit(
                     2,
-                    "xds-ingress: error: --kubeconfig and --watch-namespace "
-                    "need --source kubernetes\n",
+                    "xds-ingress: error: --kubeconfig, --watch-namespace, --publish-service "
+                    "and --leader-election-namespace need --source kubernetes\n",
                 )
         from xds_ingress.app import serve
         from xds_ingress.sources.kube_client import KubeConfigError

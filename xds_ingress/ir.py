@@ -34,12 +34,39 @@ class ObjectRef:
 class UpstreamProtocol(enum.StrEnum):
     HTTP1 = "http1"
     H2C = "h2c"
+    # HTTP/2 over TLS (ALPN h2): a backend that serves gRPC with TLS. Such a
+    # Backend carries `tls`.
+    H2 = "h2"
+
+
+class EndpointHealth(enum.StrEnum):
+    """What the EndpointSlice says of an endpoint, as Envoy should treat it."""
+
+    # Ready: takes new calls.
+    HEALTHY = "healthy"
+    # Serving but terminating: takes no new calls, finishes those in flight.
+    DRAINING = "draining"
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Endpoint:
     address: str
     port: int
+    health: EndpointHealth = EndpointHealth.HEALTHY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamTls:
+    """TLS from Envoy to the backend; `sni` is the name sent (the Service's host)."""
+
+    sni: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcHealthCheck:
+    """Active grpc.health.v1 checks; `service` "" asks about the whole server."""
+
+    service: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +80,8 @@ class Backend:
     name: str
     protocol: UpstreamProtocol
     endpoints: tuple[Endpoint, ...]
+    tls: UpstreamTls | None = None
+    health_check: GrpcHealthCheck | None = None
 
 
 class PathMatchType(enum.StrEnum):
@@ -70,11 +99,33 @@ class PathMatch:
     value: str
 
 
+# gRPC status codes Envoy can retry on, as its retry_on spells them.
+GRPC_RETRY_CODES = frozenset(
+    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutePolicy:
+    """How a forwarded call is timed and retried.
+
+    Durations are whole milliseconds; 0 means "none". `retry_on` holds
+    GRPC_RETRY_CODES names, sorted; `stream_idle_timeout_ms` None leaves the
+    listener's stream idle timeout in force.
+    """
+
+    grpc_timeout_max_ms: int = 0
+    stream_idle_timeout_ms: int | None = None
+    retry_on: tuple[str, ...] = ("unavailable",)
+    num_retries: int = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Send the request to a Backend (by name)."""
 
     backend: str
+    policy: RoutePolicy = RoutePolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +160,28 @@ class RouteConfig:
     virtual_hosts: tuple[VirtualHost, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownstreamLimits:
+    """How long a client connection lives, for every listener.
+
+    A connection older than `max_connection_duration_s` is drained (GOAWAY),
+    so long-lived clients reconnect and spread over the Envoy replicas; calls
+    in flight on it go on. `drain_timeout_s` is the grace between the first
+    GOAWAY and the last, for calls that raced it. 0: no maximum age, and
+    Envoy's default drain grace (5 s).
+    """
+
+    max_connection_duration_s: int = 600
+    drain_timeout_s: int = 10
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: str
     port: int
     route_config: str
+    limits: DownstreamLimits = DownstreamLimits()
 
 
 class TlsVersion(enum.StrEnum):
@@ -169,6 +236,7 @@ class HttpsListener:
     port: int
     filter_chains: tuple[TlsFilterChain, ...]
     min_tls_version: TlsVersion = TlsVersion.TLS1_2
+    limits: DownstreamLimits = DownstreamLimits()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ class Pipeline:
         debounce: Debounce = Debounce(),
         builder: ResourceBuilder | None = None,
         observe_build: Callable[[float], None] | None = None,
+        observe_translation: Callable[[ir.Translation], None] | None = None,
     ) -> None:
         self._translate = translate
         self._cache = cache
@@ -56,6 +57,9 @@ class Pipeline:
         self._builder = builder if builder is not None else ResourceBuilder()
         # Told each successful build's duration in seconds (a metrics histogram).
         self._observe_build = observe_build
+        # Told each translation that was built and published (or was already
+        # current): the status stage maps it to conditions and NACK origins.
+        self._observe_translation = observe_translation
         self._changed = asyncio.Event()
         self._first_change: float | None = None
         self._last_change = 0.0
@@ -109,6 +113,12 @@ class Pipeline:
             return
         if self._observe_build is not None:
             self._observe_build(time.perf_counter() - started)
+        if self._observe_translation is not None:
+            try:
+                self._observe_translation(translation)
+            except Exception:
+                # Status is a side output: its bug must not stop the pipeline.
+                log.exception("the status stage failed on a build")
         if published:
             self.report.published += 1
             self.report.last_version = snapshot.version

@@ -63,6 +63,14 @@ def parse_namespace(text: str, *, flag: str) -> str:
     return text
 
 
+def parse_namespaced_name(text: str, *, flag: str) -> tuple[str, str]:
+    """NAMESPACE/NAME, as in --publish-service."""
+    namespace, sep, name = text.partition("/")
+    if not sep or not _NAMESPACE.fullmatch(namespace) or not _NAMESPACE.fullmatch(name):
+        raise SettingError(f"{flag}: expected NAMESPACE/NAME of a Service, got {text!r}")
+    return namespace, name
+
+
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
     source: str
@@ -82,3 +90,9 @@ class ServeSettings:
     metrics_address: HostPort | None = None
     # The oldest TLS version the HTTPS listener accepts: "1.2" or "1.3".
     tls_min_version: str = "1.2"
+    # Only with source == KUBERNETES_SOURCE: the Envoy Service (namespace,
+    # name) whose addresses every Ingress we serve publishes in its status
+    # (None: none is written), and where the Lease that picks the one
+    # replica writing status lives.
+    publish_service: tuple[str, str] | None = None
+    leader_election_namespace: str = "default"

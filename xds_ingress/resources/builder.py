@@ -8,6 +8,7 @@ shared between builds: callers must treat them as read-only.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2
@@ -76,9 +77,7 @@ class ResourceBuilder:
             for vhost in route_config.virtual_hosts:
                 self._virtual_hosts.get(vhost, build_virtual_host)
         for backend in config.backends:
-            without_endpoints = ir.Backend(
-                name=backend.name, protocol=backend.protocol, endpoints=()
-            )
+            without_endpoints = dataclasses.replace(backend, endpoints=())
             message = self._clusters.get(without_endpoints, build_cluster)
             _add(resources, types.CLUSTER, backend.name, message)
             message = self._load_assignments.get(backend, build_load_assignment)

@@ -3,22 +3,69 @@
 The cluster says how to talk to the backend; its endpoints come separately
 over EDS (see endpoint.py), so a pod coming or going changes only the
 ClusterLoadAssignment and never re-warms the cluster.
+
+Every cluster is sized for a gateway: one Envoy carries the calls of many
+clients to few backends, so Envoy's defaults (1024 connections, requests
+and pending requests per cluster) would fail calls under ordinary load.
 """
 
 from __future__ import annotations
 
 from typing import assert_never
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from xds_ingress import ir
 from xds_ingress.resources.core import ads_config_source, seconds, typed
 
 UPSTREAM_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 _CONNECT_TIMEOUT_SECONDS = 2
+
+# HTTP/2 to the backend: up to this many calls share one connection before
+# Envoy opens another (the backend's own SETTINGS may lower it), so thousands
+# of client connections become a couple of upstream ones per endpoint.
+UPSTREAM_MAX_CONCURRENT_STREAMS = 1024
+# As on the listener: large enough for streaming over real latency, small
+# enough that one slow backend cannot park hundreds of MiB in Envoy.
+_UPSTREAM_STREAM_WINDOW_BYTES = 1024 * 1024
+_UPSTREAM_CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024
+
+# Circuit breakers: concurrent calls (long-lived gRPC streams count, each for
+# its whole life), calls waiting for a connection, and connections.
+MAX_REQUESTS = 100_000
+MAX_PENDING_REQUESTS = 10_000
+MAX_CONNECTIONS = 10_000
+# Retries may add at most this share of the calls in flight, so retries
+# cannot multiply the load on a backend that is already failing; the floor
+# lets a quiet cluster still retry a few calls.
+RETRY_BUDGET_PERCENT = 20.0
+RETRY_MIN_CONCURRENCY = 3
+
+# Outlier detection. gRPC statuses reach it as HTTP codes (UNAVAILABLE is
+# 503, DEADLINE_EXCEEDED 504, INTERNAL and UNKNOWN 500). Only gateway
+# failures (502/503/504, and connection failures) eject: INTERNAL and
+# UNKNOWN are often an application's answer to one bad request, and
+# ejecting on them would let one client's requests empty the cluster.
+_CONSECUTIVE_FAILURES = 5
+_OUTLIER_INTERVAL_SECONDS = 5
+_BASE_EJECTION_SECONDS = 30
+_MAX_EJECTION_SECONDS = 300
+# Never eject more than half the endpoints (and never a lone endpoint):
+# sending calls to a suspect endpoint beats having none.
+_MAX_EJECTION_PERCENT = 50
+
+# Active gRPC health checks, for Services that opt in.
+HEALTH_CHECK_INTERVAL_SECONDS = 5
+_HEALTH_CHECK_TIMEOUT_SECONDS = 1
+_UNHEALTHY_THRESHOLD = 2
+_HEALTHY_THRESHOLD = 1
 
 
 def build_cluster(backend: ir.Backend) -> cluster_pb2.Cluster:
@@ -30,10 +77,21 @@ def build_cluster(backend: ir.Backend) -> cluster_pb2.Cluster:
         ),
         connect_timeout=seconds(_CONNECT_TIMEOUT_SECONDS),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        circuit_breakers=circuit_breakers(),
+        outlier_detection=outlier_detection(),
     )
     cluster.typed_extension_protocol_options[UPSTREAM_HTTP_PROTOCOL_OPTIONS].CopyFrom(
         typed(upstream_protocol_options(backend.protocol))
     )
+    if backend.tls is not None:
+        cluster.transport_socket.CopyFrom(
+            base_pb2.TransportSocket(
+                name=TLS_TRANSPORT_SOCKET,
+                typed_config=typed(upstream_tls_context(backend.tls, protocol=backend.protocol)),
+            )
+        )
+    if backend.health_check is not None:
+        cluster.health_checks.append(grpc_health_check(backend.health_check))
     return cluster
 
 
@@ -43,14 +101,24 @@ def upstream_protocol_options(
     """Speak the backend's protocol explicitly, never the client's.
 
     Envoy multiplexes many client calls onto a few HTTP/2 connections per
-    backend; that only happens when h2c is stated here. No HTTP/2 keepalive:
-    grpc-go servers answer pings sent more often than every 5 minutes with
-    GOAWAY "too_many_pings".
+    backend; that only happens when HTTP/2 is stated here. No HTTP/2
+    keepalive: grpc-go servers answer pings sent more often than every 5
+    minutes with GOAWAY "too_many_pings".
     """
     match protocol:
-        case ir.UpstreamProtocol.H2C:
+        case ir.UpstreamProtocol.H2C | ir.UpstreamProtocol.H2:
             explicit = upstream_http_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+                    max_concurrent_streams=wrappers_pb2.UInt32Value(
+                        value=UPSTREAM_MAX_CONCURRENT_STREAMS
+                    ),
+                    initial_stream_window_size=wrappers_pb2.UInt32Value(
+                        value=_UPSTREAM_STREAM_WINDOW_BYTES
+                    ),
+                    initial_connection_window_size=wrappers_pb2.UInt32Value(
+                        value=_UPSTREAM_CONNECTION_WINDOW_BYTES
+                    ),
+                )
             )
         case ir.UpstreamProtocol.HTTP1:
             explicit = upstream_http_pb2.HttpProtocolOptions.ExplicitHttpConfig(
@@ -59,3 +127,69 @@ def upstream_protocol_options(
         case _:
             assert_never(protocol)
     return upstream_http_pb2.HttpProtocolOptions(explicit_http_config=explicit)
+
+
+def upstream_tls_context(
+    tls: ir.UpstreamTls, *, protocol: ir.UpstreamProtocol
+) -> tls_pb2.UpstreamTlsContext:
+    """TLS to the backend, offering the ALPN of the protocol the cluster speaks.
+
+    The backend's certificate is not verified: no CA is configured for
+    upstreams (yet), and in-cluster serving certificates are commonly
+    self-signed. This encrypts the hop; it does not authenticate the pod.
+    A validation_context with the Service's CA is where verification goes.
+    """
+    alpn = ["h2"] if protocol is not ir.UpstreamProtocol.HTTP1 else ["http/1.1"]
+    return tls_pb2.UpstreamTlsContext(
+        sni=tls.sni, common_tls_context=tls_pb2.CommonTlsContext(alpn_protocols=alpn)
+    )
+
+
+def circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
+    return circuit_breaker_pb2.CircuitBreakers(
+        thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                priority=base_pb2.DEFAULT,
+                max_connections=wrappers_pb2.UInt32Value(value=MAX_CONNECTIONS),
+                max_pending_requests=wrappers_pb2.UInt32Value(value=MAX_PENDING_REQUESTS),
+                max_requests=wrappers_pb2.UInt32Value(value=MAX_REQUESTS),
+                # With a budget, Envoy ignores max_retries.
+                retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+                    budget_percent=percent_pb2.Percent(value=RETRY_BUDGET_PERCENT),
+                    min_retry_concurrency=wrappers_pb2.UInt32Value(value=RETRY_MIN_CONCURRENCY),
+                ),
+                # Exposes remaining capacity as gauges, to alert before a trip.
+                track_remaining=True,
+            )
+        ]
+    )
+
+
+def outlier_detection() -> outlier_detection_pb2.OutlierDetection:
+    hundred = wrappers_pb2.UInt32Value(value=100)
+    return outlier_detection_pb2.OutlierDetection(
+        consecutive_5xx=wrappers_pb2.UInt32Value(value=_CONSECUTIVE_FAILURES),
+        # Counted (its stats are kept) but never enforced; see above.
+        enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+        consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=_CONSECUTIVE_FAILURES),
+        # Envoy's default for this one is 0 (never eject).
+        enforcing_consecutive_gateway_failure=hundred,
+        # Success-rate ejection needs steady volume per endpoint; off.
+        enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+        interval=seconds(_OUTLIER_INTERVAL_SECONDS),
+        base_ejection_time=seconds(_BASE_EJECTION_SECONDS),
+        max_ejection_time=seconds(_MAX_EJECTION_SECONDS),
+        max_ejection_percent=wrappers_pb2.UInt32Value(value=_MAX_EJECTION_PERCENT),
+    )
+
+
+def grpc_health_check(check: ir.GrpcHealthCheck) -> health_check_pb2.HealthCheck:
+    return health_check_pb2.HealthCheck(
+        timeout=seconds(_HEALTH_CHECK_TIMEOUT_SECONDS),
+        interval=seconds(HEALTH_CHECK_INTERVAL_SECONDS),
+        # Spread the probes of many Envoys over the interval.
+        interval_jitter=duration_pb2.Duration(nanos=500_000_000),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=_UNHEALTHY_THRESHOLD),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=_HEALTHY_THRESHOLD),
+        grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck(service_name=check.service),
+    )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -26,10 +25,10 @@ from google.protobuf import wrappers_pb2
 
 from xds_ingress import ir
 from xds_ingress.resources.core import ads_config_source, seconds, socket_address, typed
+from xds_ingress.resources.http_filters import http_filters
 from xds_ingress.resources.secret import sds_secret_config
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
-ROUTER = "envoy.filters.http.router"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 # Always both: gRPC needs h2, and a client that offers only http/1.1 must
@@ -63,7 +62,9 @@ def build_listener(listener: ir.Listener) -> listener_pb2.Listener:
             listener_components_pb2.FilterChain(
                 filters=[
                     _connection_manager_filter(
-                        stat_prefix=listener.name, route_config=listener.route_config
+                        stat_prefix=listener.name,
+                        route_config=listener.route_config,
+                        limits=listener.limits,
                     )
                 ]
             )
@@ -96,7 +97,9 @@ def build_https_listener(listener: ir.HttpsListener) -> listener_pb2.Listener:
                 ),
                 filters=[
                     _connection_manager_filter(
-                        stat_prefix=listener.name, route_config=chain.route_config
+                        stat_prefix=listener.name,
+                        route_config=chain.route_config,
+                        limits=listener.limits,
                     )
                 ],
             )
@@ -120,35 +123,45 @@ def _downstream_tls_context(
 
 
 def _connection_manager_filter(
-    *, stat_prefix: str, route_config: str
+    *, stat_prefix: str, route_config: str, limits: ir.DownstreamLimits
 ) -> listener_components_pb2.Filter:
     return listener_components_pb2.Filter(
         name=HTTP_CONNECTION_MANAGER,
-        typed_config=typed(_connection_manager(stat_prefix=stat_prefix, route_config=route_config)),
+        typed_config=typed(
+            _connection_manager(stat_prefix=stat_prefix, route_config=route_config, limits=limits)
+        ),
     )
 
 
-def _connection_manager(*, stat_prefix: str, route_config: str) -> hcm_pb2.HttpConnectionManager:
-    return hcm_pb2.HttpConnectionManager(
+def _connection_manager(
+    *, stat_prefix: str, route_config: str, limits: ir.DownstreamLimits
+) -> hcm_pb2.HttpConnectionManager:
+    common = protocol_pb2.HttpProtocolOptions(idle_timeout=seconds(_CONNECTION_IDLE_SECONDS))
+    if limits.max_connection_duration_s:
+        # Then Envoy drains the connection (GOAWAY): the client opens a new
+        # one, which the layer-4 balancer in front may give another Envoy
+        # replica. Calls in flight on the old connection go on.
+        common.max_connection_duration.CopyFrom(seconds(limits.max_connection_duration_s))
+    manager = hcm_pb2.HttpConnectionManager(
         # AUTO serves HTTP/1.1 and HTTP/2: over TLS as ALPN chose, and on the
         # plain port with prior knowledge (h2c), which is how gRPC clients
         # speak without TLS.
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         stat_prefix=stat_prefix,
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=route_config),
-        # The router must be last: filters after it never see the request.
-        http_filters=[hcm_pb2.HttpFilter(name=ROUTER, typed_config=typed(router_pb2.Router()))],
+        http_filters=http_filters(),
         # Clients send "host:port" authorities; routes name hosts only.
         strip_any_host_port=True,
         # Envoy is the edge: trust the peer address, not a client's X-Forwarded-For.
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         stream_idle_timeout=seconds(_STREAM_IDLE_SECONDS),
-        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
-            idle_timeout=seconds(_CONNECTION_IDLE_SECONDS)
-        ),
+        common_http_protocol_options=common,
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
             max_concurrent_streams=wrappers_pb2.UInt32Value(value=_MAX_CONCURRENT_STREAMS),
             initial_stream_window_size=wrappers_pb2.UInt32Value(value=_STREAM_WINDOW_BYTES),
             initial_connection_window_size=wrappers_pb2.UInt32Value(value=_CONNECTION_WINDOW_BYTES),
         ),
     )
+    if limits.drain_timeout_s:
+        manager.drain_timeout.CopyFrom(seconds(limits.drain_timeout_s))
+    return manager

@@ -2,6 +2,12 @@
 
 Routes keep the order the IR gives them: Envoy takes the first route that
 matches, and translate/ has already sorted them by precedence.
+
+A forwarded route never times out by itself (a gRPC stream may live for
+hours); the client's grpc-timeout is its deadline, optionally capped. Calls
+are retried when the backend answers one of the route's gRPC codes before
+sending anything (Envoy retries nothing that has started to answer), within
+the cluster's retry budget (see cluster.py).
 """
 
 from __future__ import annotations
@@ -11,9 +17,19 @@ from typing import assert_never
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from google.protobuf import duration_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from xds_ingress import ir
+from xds_ingress.resources.core import typed
+
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+# Retried whatever the route says: the backend never saw the call, so a
+# retry cannot run it twice. This is what turns a pod that just went away
+# (a rollout) into a retry on another pod instead of a failed call.
+ALWAYS_RETRY_ON = ("connect-failure", "refused-stream")
+# How often Envoy re-picks a host to avoid the ones a call already failed on.
+_HOST_SELECTION_ATTEMPTS = 3
 
 VirtualHostBuilder = Callable[[ir.VirtualHost], route_components_pb2.VirtualHost]
 
@@ -68,16 +84,45 @@ def path_match(path: ir.PathMatch) -> route_components_pb2.RouteMatch:
 
 
 def _forward(action: ir.Forward) -> route_components_pb2.RouteAction:
-    return route_components_pb2.RouteAction(
+    policy = action.policy
+    forward = route_components_pb2.RouteAction(
         cluster=action.backend,
         # Zero turns off Envoy's 15 s route timeout, which would cut every
         # gRPC stream that lives longer than that.
         timeout=duration_pb2.Duration(),
         # Zero means "no cap": the client's grpc-timeout header is the deadline.
         max_stream_duration=route_components_pb2.RouteAction.MaxStreamDuration(
-            grpc_timeout_header_max=duration_pb2.Duration()
+            grpc_timeout_header_max=_milliseconds(policy.grpc_timeout_max_ms)
         ),
     )
+    if policy.stream_idle_timeout_ms is not None:
+        # Overrides the listener's stream_idle_timeout for this route; 0 is none.
+        forward.idle_timeout.CopyFrom(_milliseconds(policy.stream_idle_timeout_ms))
+    if policy.num_retries > 0:
+        forward.retry_policy.CopyFrom(retry_policy(policy))
+    return forward
+
+
+def retry_policy(policy: ir.RoutePolicy) -> route_components_pb2.RetryPolicy:
+    # No per_try_timeout: a try of a stream lasts as long as the stream.
+    return route_components_pb2.RetryPolicy(
+        retry_on=",".join((*ALWAYS_RETRY_ON, *policy.retry_on)),
+        num_retries=_uint32(policy.num_retries),
+        # A retry goes to another endpoint when there is one.
+        retry_host_predicate=[
+            route_components_pb2.RetryPolicy.RetryHostPredicate(
+                name=PREVIOUS_HOSTS,
+                typed_config=typed(previous_hosts_pb2.PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=_HOST_SELECTION_ATTEMPTS,
+    )
+
+
+def _milliseconds(value: int) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromMilliseconds(value)
+    return duration
 
 
 def _direct_response(action: ir.DirectResponse) -> route_components_pb2.DirectResponseAction:
@@ -86,3 +131,7 @@ def _direct_response(action: ir.DirectResponse) -> route_components_pb2.DirectRe
     return route_components_pb2.DirectResponseAction(
         status=action.status, body=base_pb2.DataSource(inline_string=action.body)
     )
+
+
+def _uint32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)

@@ -33,6 +33,7 @@ class _TypeState:
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
     seen: bool = False
+    answered: bool = False
     # What we believe the Envoy holds. Updated when we send, not when it
     # ACKs: a NACKed resource is then not pushed again until it changes.
     known: dict[str, str] = field(default_factory=dict)
@@ -111,6 +112,7 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
         if request.response_nonce == state.nonce:
             status.acked_version = status.sent_version
         self._context.metrics.acked(type_url, StreamKind.DELTA)
+        self._record_ack(type_url=type_url, resources=sent)
 
     def _responses(self, snapshot: Snapshot) -> Iterator[bytes]:
         for type_url in in_ads_order(set(self._types)):
@@ -139,8 +141,12 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
             for name in state.known
             if name not in resources.resources and (state.wildcard or name in state.names)
         )
-        if not changed and not removed:
+        if not changed and not removed and (state.answered or not state.wildcard):
+            # Nothing new. But a wildcard subscription is always answered
+            # once: Envoy's cluster manager waits for its first CDS reply
+            # before it opens any listener, even when there are no clusters.
             return None
+        state.answered = True
         for resource in changed:
             state.known[resource.name] = resource.version
         for name in removed:

@@ -19,6 +19,7 @@ from xds_ingress.cache import SnapshotWatcher
 from xds_ingress.resources import types
 from xds_ingress.server.delta import DeltaStream
 from xds_ingress.server.metrics import XdsMetrics
+from xds_ingress.server.observer import NullObserver, XdsObserver
 from xds_ingress.server.registry import StreamKind, StreamRegistry
 from xds_ingress.server.sotw import SharedResponses, SotwStream
 from xds_ingress.server.stream import StreamContext, XdsStream
@@ -87,11 +88,16 @@ class XdsServer:
         metrics: XdsMetrics | None = None,
         registry: StreamRegistry | None = None,
         control_plane_id: str = "xds-ingress",
+        observer: XdsObserver | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else XdsMetrics()
         self.registry = registry if registry is not None else StreamRegistry()
+        self._observer = observer if observer is not None else NullObserver()
         self._context = StreamContext(
-            cache=cache, metrics=self.metrics, control_plane_id=control_plane_id
+            cache=cache,
+            metrics=self.metrics,
+            control_plane_id=control_plane_id,
+            observer=self._observer,
         )
         self.shared_responses = SharedResponses(control_plane_id=control_plane_id)
 
@@ -117,6 +123,7 @@ class XdsServer:
             finally:
                 self.metrics.streams.labels(kind).dec()
                 self.registry.close(status)
+                self._observer.stream_closed(stream_id=status.stream_id)
                 log.info(
                     "envoy %r (group %r) disconnected (%s)",
                     status.node_id,

@@ -134,6 +134,7 @@ class SotwStream(XdsStream[DiscoveryRequest]):
                 status.acked_version = request.version_info
                 status.acked_resources = dict(state.sent_names)
                 self._context.metrics.acked(type_url, StreamKind.SOTW)
+                self._record_ack(type_url=type_url, resources=status.acked_resources)
         else:
             # A first request for this type on this stream: always answered,
             # even when Envoy says it already has our version (reconnect).

@@ -13,14 +13,15 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from xds_ingress.cache import Cancel, Snapshot, SnapshotWatcher
 from xds_ingress.resources import types
 from xds_ingress.server.events import Ended, StreamEvents, Woken
 from xds_ingress.server.metrics import XdsMetrics
+from xds_ingress.server.observer import Answer, NullObserver, Rejection, XdsObserver
 from xds_ingress.server.redact import redact_text
 from xds_ingress.server.registry import Nack, StreamStatus, one_line
 
@@ -52,6 +53,9 @@ class StreamContext:
     cache: SnapshotWatcher
     metrics: XdsMetrics
     control_plane_id: str
+    # Told every ACK and NACK, e.g. so a NACK becomes status on the objects
+    # behind the rejected resources (app.py wires it; the server knows no more).
+    observer: XdsObserver = field(default_factory=NullObserver)
 
 
 class XdsStream(abc.ABC, Generic[Request]):
@@ -141,6 +145,28 @@ class XdsStream(abc.ABC, Generic[Request]):
             type_url,
             rejected,
             one_line(message),
+        )
+        self._context.observer.nacked(
+            Rejection(
+                stream_id=self._status.stream_id,
+                node_id=self._status.node_id,
+                group=self._status.node_cluster,
+                type_url=type_url,
+                resources=nack.resources,
+                message=message,
+            )
+        )
+
+    def _record_ack(self, *, type_url: str, resources: Mapping[str, str]) -> None:
+        """Envoy accepted `resources` (name -> version): tell the observer."""
+        self._context.observer.acked(
+            Answer(
+                stream_id=self._status.stream_id,
+                node_id=self._status.node_id,
+                group=self._status.node_cluster,
+                type_url=type_url,
+                resources=resources,
+            )
         )
 
     @abc.abstractmethod

@@ -1,4 +1,10 @@
-"""Service references → Backends: the Service port, its protocol, its ready endpoints."""
+"""Service references → Backends: the Service port, its protocol, its endpoints and their health.
+
+Endpoints follow the EndpointSlice conditions: a ready endpoint takes new
+calls; one that is terminating but still serving is kept as DRAINING, so
+Envoy sends it nothing new but lets the calls it carries finish (a pod
+rollout under load then fails no call); any other endpoint is left out.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from xds_ingress import ir
 from xds_ingress.sources.objects import SERVICE, KubeObject
 from xds_ingress.store import StoreView
 from xds_ingress.translate import fields
+from xds_ingress.translate.annotations import service_health_check
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.rules import ServiceRef
 from xds_ingress.translate.validation import Invalid
@@ -18,8 +25,21 @@ H2C_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "grpc"})
 _IP_VERSIONS = {"IPv4": 4, "IPv6": 6}
 
 
-def backend_name(*, namespace: str, service: str, port: int) -> str:
-    return f"{namespace}/{service}:{port}"
+def backend_name(
+    *, namespace: str, service: str, port: int, protocol: ir.UpstreamProtocol | None = None
+) -> str:
+    """`protocol` is given when an Ingress overrides the one the Service port implies.
+
+    Such a backend is another cluster ("ns/svc:port/h2c"), so two Ingresses
+    that talk to one Service port differently each get what they asked for.
+    """
+    base = f"{namespace}/{service}:{port}"
+    return base if protocol is None else f"{base}/{protocol}"
+
+
+def service_host(*, namespace: str, service: str) -> str:
+    """The DNS name a Service's serving certificate is usually issued for."""
+    return f"{service}.{namespace}.svc"
 
 
 class BackendResolver:
@@ -30,7 +50,10 @@ class BackendResolver:
         self._findings = findings
         self._built: dict[str, ir.Backend] = {}
 
-    def resolve(self, ref: ServiceRef) -> ir.Backend | Invalid:
+    def resolve(
+        self, ref: ServiceRef, *, protocol: ir.UpstreamProtocol | None = None
+    ) -> ir.Backend | Invalid:
+        """`protocol`: what an Ingress asks for instead of what the Service port implies."""
         service = self._view.get(SERVICE, ref.namespace, ref.name)
         if service is None:
             return Invalid(
@@ -43,20 +66,53 @@ class BackendResolver:
                 message=f"Service {ref.namespace}/{ref.name} has no port {ref.port!r}",
             )
         number, port_name, app_protocol = port
-        name = backend_name(namespace=ref.namespace, service=ref.name, port=number)
+        implied = _protocol(port_name=port_name, app_protocol=app_protocol)
+        chosen = implied if protocol is None else protocol
+        name = backend_name(
+            namespace=ref.namespace,
+            service=ref.name,
+            port=number,
+            protocol=None if chosen is implied else chosen,
+        )
         if name not in self._built:
             self._built[name] = ir.Backend(
                 name=name,
-                protocol=_protocol(port_name=port_name, app_protocol=app_protocol),
+                protocol=chosen,
                 endpoints=self._endpoints(ref, port_name=port_name),
+                tls=(
+                    ir.UpstreamTls(sni=service_host(namespace=ref.namespace, service=ref.name))
+                    if chosen is ir.UpstreamProtocol.H2
+                    else None
+                ),
+                health_check=self._health_check(service, protocol=chosen),
             )
         return self._built[name]
 
+    def _health_check(
+        self, service: KubeObject, *, protocol: ir.UpstreamProtocol
+    ) -> ir.GrpcHealthCheck | None:
+        check = service_health_check(service, findings=self._findings)
+        if check is not None and protocol is ir.UpstreamProtocol.HTTP1:
+            # grpc.health.v1 is a gRPC call: it needs HTTP/2 to the backend,
+            # and Envoy refuses the cluster otherwise.
+            self._findings.rejected(
+                service,
+                reason="InvalidAnnotation",
+                message="annotation xds-ingress.io/health-check: grpc needs a gRPC port "
+                "(appProtocol grpc or kubernetes.io/h2c); not checked over HTTP/1.1",
+            )
+            return None
+        return check
+
     def _endpoints(self, ref: ServiceRef, *, port_name: str) -> tuple[ir.Endpoint, ...]:
-        found: set[ir.Endpoint] = set()
+        found: dict[tuple[str, int], ir.Endpoint] = {}
         for endpoint_slice in self._view.endpoint_slices(ref.namespace, ref.name):
-            found.update(self._slice_endpoints(endpoint_slice, port_name=port_name))
-        return tuple(sorted(found))
+            for endpoint in self._slice_endpoints(endpoint_slice, port_name=port_name):
+                key = (endpoint.address, endpoint.port)
+                # An address in two slices (as it moves between them): ready wins.
+                if key not in found or endpoint.health is ir.EndpointHealth.HEALTHY:
+                    found[key] = endpoint
+        return tuple(sorted(found.values()))
 
     def _slice_endpoints(self, endpoint_slice: KubeObject, *, port_name: str) -> set[ir.Endpoint]:
         body = endpoint_slice.body
@@ -70,8 +126,8 @@ class BackendResolver:
         found = set()
         for endpoint in fields.items(body.get("endpoints")):
             endpoint = fields.mapping(endpoint)
-            # A missing (or null) ready condition means ready, per the EndpointSlice API.
-            if fields.mapping(endpoint.get("conditions")).get("ready", True) not in (True, None):
+            health = _health(fields.mapping(endpoint.get("conditions")))
+            if health is None:
                 continue
             for address in fields.items(endpoint.get("addresses")):
                 ip = _ip(address, version=version)
@@ -82,8 +138,25 @@ class BackendResolver:
                         message=f"address {address!r} is not an {address_type or 'IP'} address",
                     )
                     continue
-                found.add(ir.Endpoint(address=ip, port=target))
+                found.add(ir.Endpoint(address=ip, port=target, health=health))
         return found
+
+
+def _health(conditions: Mapping[str, object]) -> ir.EndpointHealth | None:
+    """How Envoy treats an endpoint with these conditions; None: leave it out.
+
+    Per the EndpointSlice API a missing (or null) condition means: ready →
+    ready, serving → the value of ready, terminating → not terminating.
+    """
+    ready = conditions.get("ready")
+    ready = True if ready is None else ready
+    if ready is True:
+        return ir.EndpointHealth.HEALTHY
+    serving = conditions.get("serving")
+    serving = ready if serving is None else serving
+    if serving is True and conditions.get("terminating") is True:
+        return ir.EndpointHealth.DRAINING
+    return None
 
 
 def _service_port(service: KubeObject, wanted: int | str) -> tuple[int, str, str] | None:

@@ -132,6 +132,7 @@ def https_config(
             port=settings.https_port,
             filter_chains=tuple(chains),
             min_tls_version=settings.min_tls_version,
+            limits=settings.downstream,
         ),
         route_configs=tuple(route_configs),
         certificates=tuple(certificates[name] for name in sorted(by_certificate)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xds_ingress import ir
 
@@ -22,6 +22,10 @@ class ListenerSettings:
 
     `min_tls_version` is the oldest TLS version the HTTPS listener accepts.
 
+    `downstream` bounds client connections on every listener (the maximum
+    connection age that makes long-lived clients rebalance, and the drain
+    grace).
+
     `claim_classless` also claims every Ingress that names no class at all.
     It is off by default, as an Ingress without a class belongs to no
     controller in a shared cluster; turn it on for the file source, where
@@ -36,3 +40,4 @@ class ListenerSettings:
     controller_name: str = DEFAULT_CONTROLLER_NAME
     claim_classless: bool = False
     min_tls_version: ir.TlsVersion = ir.TlsVersion.TLS1_2
+    downstream: ir.DownstreamLimits = field(default_factory=ir.DownstreamLimits)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from xds_ingress import ir
-from xds_ingress.sources.objects import INGRESS, KubeObject
+from xds_ingress.sources.objects import INGRESS, KubeObject, ObjectKey
 from xds_ingress.store import StoreView
+from xds_ingress.translate.annotations import IngressOptions, ingress_options
 from xds_ingress.translate.backends import BackendResolver
 from xds_ingress.translate.certificates import CertificateCache
 from xds_ingress.translate.classes import ClassPolicy
@@ -49,9 +50,14 @@ def translate(
     findings = Findings()
     policy = ClassPolicy.build(view, settings=settings)
     ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
+    # Read for every Ingress, routes won or not, so each bad value is reported.
+    options = {ingress.key: _options(ingress, findings=findings) for ingress in ingresses}
     winners = resolve_conflicts(_candidates(ingresses, findings=findings), findings=findings)
     routes, backends = _routes(
-        winners, resolver=BackendResolver(view, findings=findings), findings=findings
+        winners,
+        resolver=BackendResolver(view, findings=findings),
+        options=options,
+        findings=findings,
     )
     virtual_hosts = _virtual_hosts(routes)
     https = https_config(
@@ -73,6 +79,7 @@ def translate(
                 address=settings.listen_address,
                 port=settings.http_port,
                 route_config=HTTP,
+                limits=settings.downstream,
             ),
         ),
         route_configs=(
@@ -100,6 +107,16 @@ def _candidates(ingresses: Iterable[KubeObject], *, findings: Findings) -> list[
     return candidates
 
 
+def _options(ingress: KubeObject, *, findings: Findings) -> IngressOptions:
+    try:
+        return ingress_options(ingress, findings=findings)
+    except Exception:
+        log.exception("reading the annotations of %s failed", ingress.ref)
+        message = "xds-ingress failed to read its annotations; defaults are used"
+        findings.rejected(ingress, reason="InternalError", message=message)
+        return IngressOptions()
+
+
 def _tls_requests(ingresses: Iterable[KubeObject], *, findings: Findings) -> list[TlsRequest]:
     requests: list[TlsRequest] = []
     for ingress in ingresses:
@@ -116,14 +133,23 @@ RoutesByHost = dict[str, list[tuple[Candidate, ir.Route]]]
 
 
 def _routes(
-    winners: Iterable[Candidate], *, resolver: BackendResolver, findings: Findings
+    winners: Iterable[Candidate],
+    *,
+    resolver: BackendResolver,
+    options: Mapping[ObjectKey, IngressOptions],
+    findings: Findings,
 ) -> tuple[RoutesByHost, dict[str, ir.Backend]]:
     """Routes by host, and the backends they forward to (and no others)."""
     routes: RoutesByHost = defaultdict(list)
     backends: dict[str, ir.Backend] = {}
     for candidate in winners:
         ref = candidate.backend
-        resolved = ref if isinstance(ref, Invalid) else resolver.resolve(ref)
+        chosen = options.get(candidate.origin.key, IngressOptions())
+        resolved = (
+            ref
+            if isinstance(ref, Invalid)
+            else resolver.resolve(ref, protocol=chosen.backend_protocol)
+        )
         action: ir.RouteAction
         if isinstance(resolved, Invalid):
             # Keep the route, answering 503: the path stays ours, and it heals
@@ -135,7 +161,7 @@ def _routes(
             action = ir.DirectResponse(status=UNAVAILABLE, body=body)
         else:
             backends[resolved.name] = resolved
-            action = ir.Forward(backend=resolved.name)
+            action = ir.Forward(backend=resolved.name, policy=chosen.policy)
         routes[candidate.host].append((candidate, _route(candidate, action=action)))
     return routes, backends
 

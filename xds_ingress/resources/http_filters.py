@@ -1,0 +1,44 @@
+"""The HTTP filters of every connection manager, in the order they run.
+
+One explicit list, router last (filters after the router never see a
+request). gRPC-Web comes first, so everything after it, the statistics
+included, sees the plain gRPC call a browser's gRPC-Web request becomes.
+"""
+
+from __future__ import annotations
+
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
+from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import wrappers_pb2
+
+from xds_ingress.resources.core import typed
+
+GRPC_WEB = "envoy.filters.http.grpc_web"
+GRPC_STATS = "envoy.filters.http.grpc_stats"
+ROUTER = "envoy.filters.http.router"
+
+
+def http_filters() -> list[hcm_pb2.HttpFilter]:
+    return [
+        # Translates gRPC-Web (browsers) to gRPC and the answers back;
+        # requests that are not gRPC-Web pass through untouched.
+        hcm_pb2.HttpFilter(name=GRPC_WEB, typed_config=typed(grpc_web_pb2.GrpcWeb())),
+        hcm_pb2.HttpFilter(name=GRPC_STATS, typed_config=typed(_grpc_stats())),
+        hcm_pb2.HttpFilter(name=ROUTER, typed_config=typed(router_pb2.Router())),
+    ]
+
+
+def _grpc_stats() -> grpc_stats_pb2.FilterConfig:
+    return grpc_stats_pb2.FilterConfig(
+        # Per service and method (cluster.<name>.grpc.<service>.<method>.*).
+        # Envoy makes these stats for any method a client names, so a client
+        # sending many made-up method names grows Envoy's stats without
+        # bound; an allowlist of the routed methods would close that.
+        stats_for_all_methods=wrappers_pb2.BoolValue(value=True),
+        # Message counts for streams, readable by access logs.
+        emit_filter_state=True,
+    )
