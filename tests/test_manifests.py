@@ -60,6 +60,7 @@ from xds_ingress.admin.v1 import admin_pb2, admin_pb2_grpc
 from xds_ingress.bootstrap import render_bootstrap, to_yaml
 from xds_ingress.cli import build_parser
 from xds_ingress.resources import types
+from xds_ingress.server.grpc_server import READINESS_SERVICE
 from xds_ingress.sources import kube_kinds
 from xds_ingress.sources.kube_kinds import WatchedKind
 from xds_ingress.translate.backends import backend_name
@@ -273,8 +274,13 @@ def test_control_plane_arguments_are_what_the_cli_accepts() -> None:
     assert str(args.admin_address) == f"0.0.0.0:{port_number(cp, 'admin')}"
     assert str(args.metrics_address) == f"0.0.0.0:{port_number(cp, 'metrics')}"
     # Kubelet's gRPC probes ask the standard health service on the xDS port.
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert cp[probe]["grpc"] == {"port": args.xds_address.port}
+    # Liveness asks for the server as a whole; readiness for the service that
+    # turns SERVING only once the first snapshot is published.
+    assert cp["livenessProbe"]["grpc"] == {"port": args.xds_address.port}
+    assert cp["readinessProbe"]["grpc"] == {
+        "port": args.xds_address.port,
+        "service": READINESS_SERVICE,
+    }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

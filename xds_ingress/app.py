@@ -117,7 +117,9 @@ class ControlPlane:
         # its own port when asked, reachable without reaching the Envoys' one.
         inspection = inspection_services(cache=self.cache, registry=self.xds.registry)
         self.server, self.port = await start_grpc_server(
-            services=(self.xds, *inspection), address=str(self.settings.xds_address)
+            services=(self.xds, *inspection),
+            address=str(self.settings.xds_address),
+            ready=self.pipeline.first_published,
         )
         log.info("xDS server listening on %s:%d", self.settings.xds_address.host, self.port)
         if self.settings.admin_address is not None:

@@ -61,6 +61,9 @@ class Pipeline:
         # current): the status stage maps it to conditions and NACK origins.
         self._observe_translation = observe_translation
         self._changed = asyncio.Event()
+        # Set once the first snapshot is published: readiness waits on it, so
+        # no Envoy is sent to a replica that has nothing to give it yet.
+        self.first_published = asyncio.Event()
         self._first_change: float | None = None
         self._last_change = 0.0
         self.report = BuildReport()
@@ -120,6 +123,7 @@ class Pipeline:
                 # Status is a side output: its bug must not stop the pipeline.
                 log.exception("the status stage failed on a build")
         if published:
+            self.first_published.set()
             self.report.published += 1
             self.report.last_version = snapshot.version
             log.info(

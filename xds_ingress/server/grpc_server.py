@@ -6,6 +6,7 @@ alone, so operators can reach it without reaching the port Envoys use.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -57,14 +58,26 @@ def inspection_services(
     )
 
 
+READINESS_SERVICE = "xds-ingress.ready"
+"""The health service name a readiness probe asks: SERVING once `ready` is set.
+
+The server as a whole ("") is SERVING as soon as it runs, which is what a
+liveness probe wants: a slow first sync must not get the process restarted.
+"""
+
+
 async def start_grpc_server(
-    *, services: Sequence[GrpcService], address: str
+    *,
+    services: Sequence[GrpcService],
+    address: str,
+    ready: asyncio.Event | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Serve `services` with health and reflection on `address` (HOST:PORT, port 0 picks one).
 
     Returns the server and the bound port. Reflection covers every file the
     process has imported (the default descriptor pool), so grpcurl can also
-    print the Envoy resources inside a google.protobuf.Any.
+    print the Envoy resources inside a google.protobuf.Any. With `ready`,
+    the xDS services and READINESS_SERVICE report NOT_SERVING until it is set.
     """
     server = grpc.aio.server(options=_OPTIONS)
     names: list[str] = []
@@ -73,8 +86,21 @@ async def start_grpc_server(
         names += service.service_names
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    gated = (*names, READINESS_SERVICE) if ready is not None else ()
     for name in ("", *names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if ready is not None:
+        for name in gated:
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        server_ready = ready
+
+        async def serve_when_ready() -> None:
+            await server_ready.wait()
+            for name in gated:
+                await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        # Held by the server object so the task is not collected mid-wait.
+        server.xds_ingress_readiness = asyncio.create_task(serve_when_ready())  # type: ignore[attr-defined]
     reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     if port == 0:
