@@ -150,6 +150,8 @@ def routing(translation: ir.Translation) -> dict[str, list[tuple[str, str, str]]
 def _target(action: ir.RouteAction) -> str:
     if isinstance(action, ir.Forward):
         return action.backend
+    if isinstance(action, ir.WeightedForward):
+        return " ".join(f"{b.backend}={b.weight}" for b in action.backends)
     return f"{action.status} {action.body.strip()}"
 
 

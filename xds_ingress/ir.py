@@ -91,6 +91,9 @@ class PathMatchType(enum.StrEnum):
     PREFIX = "Prefix"
     # A plain string prefix (ImplementationSpecific in an Ingress).
     STRING_PREFIX = "StringPrefix"
+    # An RE2 regular expression over the whole path (a GRPCRoute method
+    # match); translate/ has checked that RE2 accepts it.
+    REGEX = "RegularExpression"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,42 @@ class DirectResponse:
     body: str = ""
 
 
-RouteAction = Forward | DirectResponse
+@dataclass(frozen=True, slots=True, order=True)
+class WeightedBackend:
+    backend: str  # a Backend name
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedForward:
+    """Split requests between Backends in proportion to their weights (all > 0)."""
+
+    backends: tuple[WeightedBackend, ...]
+    policy: RoutePolicy = RoutePolicy()
+
+
+RouteAction = Forward | WeightedForward | DirectResponse
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HeaderMatch:
+    """A request header the route requires: equal to `value`, or matching it as RE2.
+
+    `name` is lowercase, as HTTP/2 carries it.
+    """
+
+    name: str
+    value: str
+    regex: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderMutation:
+    """Request headers changed before forwarding; each tuple of (name, value) is in user order."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +183,9 @@ class Route:
     path: PathMatch
     action: RouteAction
     origin: ObjectRef
+    # Every header must match too (Gateway API routes; Ingress has none).
+    headers: tuple[HeaderMatch, ...] = ()
+    request_headers: HeaderMutation | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import assert_never
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from xds_ingress import ir
@@ -55,14 +56,46 @@ def build_virtual_host(vhost: ir.VirtualHost) -> route_components_pb2.VirtualHos
 
 def build_route(route: ir.Route) -> route_components_pb2.Route:
     match = path_match(route.path)
+    match.headers.extend(header_matcher(header) for header in route.headers)
+    built = route_components_pb2.Route(name=route.name, match=match)
     action = route.action
     if isinstance(action, ir.Forward):
-        return route_components_pb2.Route(name=route.name, match=match, route=_forward(action))
-    if isinstance(action, ir.DirectResponse):
-        return route_components_pb2.Route(
-            name=route.name, match=match, direct_response=_direct_response(action)
+        built.route.CopyFrom(_forward(action))
+    elif isinstance(action, ir.WeightedForward):
+        built.route.CopyFrom(_weighted_forward(action))
+    elif isinstance(action, ir.DirectResponse):
+        built.direct_response.CopyFrom(_direct_response(action))
+    else:
+        assert_never(action)
+    if route.request_headers is not None:
+        _mutate_request_headers(built, route.request_headers)
+    return built
+
+
+def header_matcher(header: ir.HeaderMatch) -> route_components_pb2.HeaderMatcher:
+    if header.regex:
+        matcher = string_pb2.StringMatcher(safe_regex=_regex(header.value))
+    else:
+        matcher = string_pb2.StringMatcher(exact=header.value)
+    return route_components_pb2.HeaderMatcher(name=header.name, string_match=matcher)
+
+
+def _regex(value: str) -> regex_pb2.RegexMatcher:
+    # No engine_type: RE2 is Envoy's only (and default) engine.
+    return regex_pb2.RegexMatcher(regex=value)
+
+
+def _mutate_request_headers(built: route_components_pb2.Route, mutation: ir.HeaderMutation) -> None:
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    append = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+    for headers, action in ((mutation.set, overwrite), (mutation.add, append)):
+        built.request_headers_to_add.extend(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=name, value=value), append_action=action
+            )
+            for name, value in headers
         )
-    assert_never(action)
+    built.request_headers_to_remove.extend(mutation.remove)
 
 
 def path_match(path: ir.PathMatch) -> route_components_pb2.RouteMatch:
@@ -79,8 +112,26 @@ def path_match(path: ir.PathMatch) -> route_components_pb2.RouteMatch:
             return route_components_pb2.RouteMatch(path_separated_prefix=element)
         case ir.PathMatchType.STRING_PREFIX:
             return route_components_pb2.RouteMatch(prefix=path.value)
+        case ir.PathMatchType.REGEX:
+            return route_components_pb2.RouteMatch(safe_regex=_regex(path.value))
         case _:
             assert_never(path.type)
+
+
+def _weighted_forward(action: ir.WeightedForward) -> route_components_pb2.RouteAction:
+    forward = _forward(ir.Forward(backend="", policy=action.policy))
+    forward.ClearField("cluster")
+    forward.weighted_clusters.CopyFrom(
+        route_components_pb2.WeightedCluster(
+            clusters=[
+                route_components_pb2.WeightedCluster.ClusterWeight(
+                    name=weighted.backend, weight=_uint32(weighted.weight)
+                )
+                for weighted in action.backends
+            ]
+        )
+    )
+    return forward
 
 
 def _forward(action: ir.Forward) -> route_components_pb2.RouteAction:

@@ -20,6 +20,13 @@ INGRESS_CLASS = "IngressClass"
 SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
 SECRET = "Secret"
+GATEWAY_CLASS = "GatewayClass"
+GATEWAY = "Gateway"
+GRPC_ROUTE = "GRPCRoute"
+HTTP_ROUTE = "HTTPRoute"
+REFERENCE_GRANT = "ReferenceGrant"
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 DEFAULT_NAMESPACE = "default"
 
@@ -41,6 +48,12 @@ SUPPORTED_KINDS: Mapping[tuple[str, str], KindInfo] = types.MappingProxyType(
             KindInfo(group="", kind=SERVICE, namespaced=True),
             KindInfo(group="discovery.k8s.io", kind=ENDPOINT_SLICE, namespaced=True),
             KindInfo(group="", kind=SECRET, namespaced=True),
+            # Gateway API (v1; ReferenceGrant is still v1beta1 in most clusters).
+            KindInfo(group=GATEWAY_GROUP, kind=GATEWAY_CLASS, namespaced=False),
+            KindInfo(group=GATEWAY_GROUP, kind=GATEWAY, namespaced=True),
+            KindInfo(group=GATEWAY_GROUP, kind=GRPC_ROUTE, namespaced=True),
+            KindInfo(group=GATEWAY_GROUP, kind=HTTP_ROUTE, namespaced=True),
+            KindInfo(group=GATEWAY_GROUP, kind=REFERENCE_GRANT, namespaced=True),
         )
     }
 )

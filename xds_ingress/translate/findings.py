@@ -15,6 +15,7 @@ class Findings:
     def __init__(self) -> None:
         self._conditions: set[ir.Condition] = set()
         self._rejected: set[ir.ObjectRef] = set()
+        self._unresolved: set[ir.ObjectRef] = set()
 
     def problem(self, obj: KubeObject, *, type: str, reason: str, message: str) -> None:
         """Record something wrong with `obj` (a condition with status False)."""
@@ -27,6 +28,7 @@ class Findings:
 
     def unresolved(self, obj: KubeObject, *, reason: str, message: str) -> None:
         """A reference in `obj` does not resolve; its routes answer 503."""
+        self._unresolved.add(obj.ref)
         self.problem(obj, type=RESOLVED_REFS, reason=reason, message=message)
 
     def accept(self, obj: KubeObject, *, message: str) -> None:
@@ -35,6 +37,18 @@ class Findings:
             return
         self._add(
             obj, type=ACCEPTED, status=ir.ConditionStatus.TRUE, reason=ACCEPTED, message=message
+        )
+
+    def resolved(self, obj: KubeObject, *, message: str) -> None:
+        """Mark `obj` ResolvedRefs True, unless some reference in it did not resolve."""
+        if obj.ref in self._unresolved:
+            return
+        self._add(
+            obj,
+            type=RESOLVED_REFS,
+            status=ir.ConditionStatus.TRUE,
+            reason=RESOLVED_REFS,
+            message=message,
         )
 
     def conditions(self) -> tuple[ir.Condition, ...]:

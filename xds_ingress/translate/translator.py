@@ -1,6 +1,6 @@
 """The translation, step by step: claim Ingresses, collect candidate routes,
-settle conflicts, resolve backends, give each TLS host its certificate, then
-assemble sorted IR.
+settle conflicts, resolve backends, add the GRPCRoutes attached to our
+Gateways, give each TLS host its certificate, then assemble sorted IR.
 
 Every step reports user mistakes to one Findings collector and carries on,
 so one bad object costs only its own routes, never the snapshot.
@@ -21,6 +21,8 @@ from xds_ingress.translate.backends import BackendResolver
 from xds_ingress.translate.certificates import CertificateCache
 from xds_ingress.translate.classes import ClassPolicy
 from xds_ingress.translate.findings import Findings
+from xds_ingress.translate.gateway_routes import GatewayRoutes, grpc_routes, merged_virtual_hosts
+from xds_ingress.translate.gateways import Gateways
 from xds_ingress.translate.https import https_config
 from xds_ingress.translate.precedence import host_order, resolve_conflicts, route_order
 from xds_ingress.translate.rules import Candidate, ingress_candidates
@@ -53,13 +55,24 @@ def translate(
     # Read for every Ingress, routes won or not, so each bad value is reported.
     options = {ingress.key: _options(ingress, findings=findings) for ingress in ingresses}
     winners = resolve_conflicts(_candidates(ingresses, findings=findings), findings=findings)
+    resolver = BackendResolver(view, findings=findings)
     routes, backends = _routes(
         winners,
-        resolver=BackendResolver(view, findings=findings),
+        resolver=resolver,
         options=options,
         findings=findings,
     )
     virtual_hosts = _virtual_hosts(routes)
+    gateway_routes = grpc_routes(
+        view,
+        gateways=Gateways(view, settings=settings, findings=findings),
+        resolver=resolver,
+        findings=findings,
+    )
+    backends.update(gateway_routes.backends)
+    # HTTPS serves the Ingresses' hosts only: Gateway listeners with TLS are
+    # not supported yet, and a GRPCRoute attached to a plain HTTP listener
+    # must not become reachable over another one.
     https = https_config(
         _tls_requests(ingresses, findings=findings),
         view=view,
@@ -83,7 +96,9 @@ def translate(
             ),
         ),
         route_configs=(
-            ir.RouteConfig(name=HTTP, virtual_hosts=virtual_hosts),
+            ir.RouteConfig(
+                name=HTTP, virtual_hosts=_plain_virtual_hosts(virtual_hosts, gateway_routes)
+            ),
             *https.route_configs,
         ),
         backends=tuple(backends[name] for name in sorted(backends)),
@@ -176,6 +191,16 @@ def _virtual_hosts(routes: RoutesByHost) -> tuple[ir.VirtualHost, ...]:
             ),
         )
         for host in sorted(routes, key=host_order)
+    )
+
+
+def _plain_virtual_hosts(
+    ingress_hosts: tuple[ir.VirtualHost, ...], gateway_routes: GatewayRoutes
+) -> tuple[ir.VirtualHost, ...]:
+    merged = merged_virtual_hosts(ingress_hosts, gateway_routes.routes)
+    return tuple(
+        ir.VirtualHost(name=host, domains=(host,), routes=tuple(merged[host]))
+        for host in sorted(merged, key=host_order)
     )
 
 
