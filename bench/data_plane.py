@@ -1,0 +1,405 @@
+"""Data plane: unary gRPC calls through the Envoy xds-ingress configured, against
+the same Envoy with a hand-tuned static config, nginx `grpc_pass`, and the
+backend called directly (the floor).
+
+Backend: the grpc-go interop server (grpc.testing.TestService), which is not
+the bottleneck the Python demo backend would be. Load: ghz. Both are built
+by bench/install-deps.sh; nginx is Debian's (nginx-light), and is skipped
+when missing. Envoy runs with `--concurrency 1`, nginx with one worker.
+
+The machine has two cores: ghz gets CPU 0 to itself, and the backend and
+the proxies share CPU 1, so a proxy's cost shows as throughput lost. Each
+proxy's CPU time per call is reported too, which depends less on that
+arrangement.
+
+Each run measures every target's maximum rate (ghz unthrottled), then
+every target (the backend directly included) at 25% of the xds-ingress
+maximum of that run; latency "added" is the target's minus the backend's at
+the same load. Targets go in a rotating order from run to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+import yaml
+
+from bench import control_plane, envoy, ghz, peer_configs
+from bench.procs import LOOPBACK, Child, free_port, repo_tool, wait_until_accepting
+from bench.results import CaseResult, MetricSpec, TargetResult, at_least, at_most
+from xds_ingress.bootstrap import render_bootstrap
+
+NAME: Final = "data-plane"
+HOST: Final = "grpc.bench.local"
+LOAD_CPU: Final = (0,)
+SERVER_CPU: Final = (1,)
+PROXIES: Final = ("static", "xds", "nginx")
+TARGETS: Final = ("direct", *PROXIES)
+NAMES: Final = {
+    "direct": "backend directly",
+    "static": "Envoy, hand-tuned static config",
+    "xds": "Envoy configured by xds-ingress",
+    "nginx": "nginx grpc_pass",
+}
+
+
+def _metric_specs() -> dict[str, MetricSpec]:
+    specs = {
+        "xds_vs_static": MetricSpec("x", "xds-ingress Envoy max rate / hand-tuned Envoy's"),
+        "xds_vs_nginx": MetricSpec("x", "xds-ingress Envoy max rate / nginx's"),
+        "xds_vs_direct": MetricSpec("x", "xds-ingress Envoy max rate / the backend's directly"),
+        "static_vs_direct": MetricSpec("x", "hand-tuned Envoy max rate / the backend's directly"),
+        "rate_25_rps": MetricSpec("calls/s", "the 25% load: a quarter of xds-ingress's max"),
+    }
+    for target in TARGETS:
+        name = NAMES[target]
+        specs[f"{target}_rps"] = MetricSpec("calls/s", f"{name}: max rate (OK calls)")
+        for load in ("100", "25"):
+            for pct in ("p50", "p99"):
+                specs[f"{target}_{pct}_{load}_ms"] = MetricSpec(
+                    "ms", f"{name}: {pct} latency at {load}% load"
+                )
+        specs[f"{target}_errors"] = MetricSpec("calls", f"{name}: failed calls (not cut at stop)")
+    for target in PROXIES:
+        name = NAMES[target]
+        for load in ("100", "25"):
+            for pct in ("p50", "p99"):
+                specs[f"{target}_added_{pct}_{load}_ms"] = MetricSpec(
+                    "ms", f"{name}: {pct} added over direct at {load}% load"
+                )
+        specs[f"{target}_cpu_us_per_call"] = MetricSpec(
+            "µs", f"{name}: proxy CPU time per call at max rate"
+        )
+    return specs
+
+
+METRICS: Final[Mapping[str, MetricSpec]] = _metric_specs()
+
+
+@dataclass
+class _Target:
+    name: str
+    address: str
+    authority: str | None = None
+    # The proxy whose CPU time is counted (None: the backend itself).
+    process: Child | None = None
+
+
+@dataclass
+class UnaryCase:
+    payload_bytes: int
+    seconds: float
+    concurrency: int = 32
+    connections: int = 4
+    _children: list[Child] = field(default_factory=list)
+    _targets: dict[str, _Target] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"unary {self.payload_bytes} B"
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return {
+            "call": ghz.UNARY_CALL,
+            "payload_bytes": self.payload_bytes,
+            "seconds_per_measurement": self.seconds,
+            "concurrency": self.concurrency,
+            "connections": self.connections,
+            "envoy_concurrency": 1,
+            "nginx_workers": 1,
+            "load_cpus": list(LOAD_CPU),
+            "server_cpus": list(SERVER_CPU),
+        }
+
+    def _spawn(self, child: Child) -> Child:
+        self._children.append(child)
+        return child
+
+    def prepare(self, workdir: Path) -> dict[str, Any]:
+        interop = repo_tool("grpc-interop-server")
+        if interop is None:
+            raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
+        backend_port = free_port()
+        backend = self._spawn(
+            Child.spawn(
+                "backend",
+                [interop, "-port", str(backend_port)],
+                log_path=workdir / "backend.log",
+                cpus=SERVER_CPU,
+            )
+        )
+        wait_until_accepting(backend, backend_port, within_seconds=30)
+        self._targets["direct"] = _Target("direct", f"{LOOPBACK}:{backend_port}")
+        self._start_tuned_envoy(workdir / "static", backend_port)
+        self._start_xds(workdir / "xds", backend_port)
+        notes: dict[str, Any] = {"envoy": "--concurrency 1"}
+        if shutil.which("nginx") is not None:
+            self._start_nginx(workdir / "nginx", backend_port)
+        else:
+            notes["nginx"] = "not installed (apt-get install nginx-light); skipped"
+        for target in self._targets.values():
+            check = ghz.run(
+                target=target.address,
+                authority=target.authority,
+                load=ghz.Load(seconds=1, max_calls=200, concurrency=4, connections=1),
+                payload_bytes=self.payload_bytes,
+            )
+            if check.errors or check.ok == 0:
+                raise RuntimeError(f"{target.name}: warm-up calls failed: {check.error_kinds}")
+        return notes
+
+    def _start_tuned_envoy(self, workdir: Path, backend_port: int) -> None:
+        listen, admin = free_port(), free_port()
+        config = envoy.write_bootstrap(
+            peer_configs.tuned_envoy(
+                listen_port=listen, admin_port=admin, backend_port=backend_port
+            ),
+            workdir / "bootstrap.json",
+        )
+        proxy = self._spawn(
+            envoy.start(name="tuned Envoy", config=config, workdir=workdir, cpus=SERVER_CPU)
+        )
+        envoy.wait_live(proxy, admin, envoy.Expected(clusters=1, listeners=1), within_seconds=30)
+        self._targets["static"] = _Target("static", f"{LOOPBACK}:{listen}", process=proxy)
+
+    def _start_xds(self, workdir: Path, backend_port: int) -> None:
+        folder = workdir / "objects"
+        folder.mkdir(parents=True)
+        (folder / "backend.yaml").write_text(_objects(backend_port))
+        ports = control_plane.Ports.pick()
+        server = self._spawn(
+            control_plane.start(source=folder, ports=ports, workdir=workdir, cpus=LOAD_CPU)
+        )
+        wait_until_accepting(server, ports.xds, within_seconds=60)
+        admin = free_port()
+        config = envoy.write_bootstrap(
+            render_bootstrap(
+                xds_address=f"{LOOPBACK}:{ports.xds}",
+                node_id="bench-xds",
+                node_cluster="bench",
+                admin_address=f"{LOOPBACK}:{admin}",
+            ),
+            workdir / "bootstrap.json",
+        )
+        proxy = self._spawn(
+            envoy.start(name="xDS Envoy", config=config, workdir=workdir, cpus=SERVER_CPU)
+        )
+        # The backend's cluster and the bootstrap's xds_cluster.
+        envoy.wait_live(proxy, admin, envoy.Expected(clusters=2, listeners=1), within_seconds=60)
+        self._targets["xds"] = _Target(
+            "xds", f"{LOOPBACK}:{ports.http}", authority=HOST, process=proxy
+        )
+
+    def _start_nginx(self, workdir: Path, backend_port: int) -> None:
+        listen = free_port()
+        config = peer_configs.nginx_grpc(
+            workdir=workdir, listen_port=listen, backend_port=backend_port
+        )
+        nginx = self._spawn(
+            Child.spawn(
+                "nginx",
+                ["nginx", "-c", config, "-p", workdir, "-e", workdir / "error.log"],
+                log_path=workdir / "nginx.log",
+                cpus=SERVER_CPU,
+            )
+        )
+        wait_until_accepting(nginx, listen, within_seconds=30)
+        self._targets["nginx"] = _Target("nginx", f"{LOOPBACK}:{listen}", process=nginx)
+
+    def close(self) -> None:
+        for child in reversed(self._children):
+            child.stop()
+        self._children.clear()
+        self._targets.clear()
+
+    def run_once(self, index: int, workdir: Path) -> dict[str, float]:
+        names = [name for name in TARGETS if name in self._targets]
+        shift = index % len(names)
+        order = names[shift:] + names[:shift]
+        sample: dict[str, float] = {}
+        maximum = ghz.Load(
+            seconds=self.seconds,
+            max_calls=2_000_000,
+            concurrency=self.concurrency,
+            connections=self.connections,
+            skip_first=500,
+        )
+        errors = dict.fromkeys(names, 0.0)
+        for name in order:
+            target = self._targets[name]
+            cpu_before = _cpu_seconds(target.process)
+            result = self._call(target, maximum)
+            cpu = _cpu_seconds(target.process) - cpu_before
+            sample[f"{name}_rps"] = result.rps
+            sample[f"{name}_p50_100_ms"] = result.p50_ms
+            sample[f"{name}_p99_100_ms"] = result.p99_ms
+            errors[name] += result.errors
+            if target.process is not None and result.ok:
+                sample[f"{name}_cpu_us_per_call"] = cpu / result.ok * 1e6
+        rate = max(1, round(sample["xds_rps"] * 0.25))
+        sample["rate_25_rps"] = rate
+        quarter = ghz.Load(
+            seconds=self.seconds,
+            max_calls=int(rate * self.seconds) + 1000,
+            concurrency=self.concurrency,
+            connections=self.connections,
+            rps=rate,
+            skip_first=100,
+        )
+        for name in order:
+            result = self._call(self._targets[name], quarter)
+            sample[f"{name}_p50_25_ms"] = result.p50_ms
+            sample[f"{name}_p99_25_ms"] = result.p99_ms
+            errors[name] += result.errors
+        for name, count in errors.items():
+            sample[f"{name}_errors"] = count
+        for name in names:
+            if name == "direct":
+                continue
+            sample[f"{name}_vs_direct"] = sample[f"{name}_rps"] / sample["direct_rps"]
+            for load in ("100", "25"):
+                for pct in ("p50", "p99"):
+                    sample[f"{name}_added_{pct}_{load}_ms"] = (
+                        sample[f"{name}_{pct}_{load}_ms"] - sample[f"direct_{pct}_{load}_ms"]
+                    )
+        sample["xds_vs_static"] = sample["xds_rps"] / sample["static_rps"]
+        if "nginx_rps" in sample:
+            sample["xds_vs_nginx"] = sample["xds_rps"] / sample["nginx_rps"]
+        return sample
+
+    def _call(self, target: _Target, load: ghz.Load) -> ghz.GhzResult:
+        for child in self._children:
+            child.check_alive()
+        result = ghz.run(
+            target=target.address,
+            authority=target.authority,
+            load=load,
+            payload_bytes=self.payload_bytes,
+            cpus=len(LOAD_CPU),
+        )
+        # Let connections close and the proxy settle before the next target.
+        time.sleep(0.5)
+        return result
+
+
+def _cpu_seconds(child: Child | None) -> float:
+    """CPU time of a proxy and its children (nginx's worker), in seconds."""
+    if child is None:
+        return 0.0
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(child.pid)
+        for one in (process, *process.children(recursive=True)):
+            times = one.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _objects(backend_port: int) -> str:
+    name, namespace = "grpc-backend", "bench"
+    documents = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "ports": [{"name": "grpc", "port": 50051, "appProtocol": "kubernetes.io/h2c"}]
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-slice",
+                "namespace": namespace,
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "grpc", "port": backend_port}],
+            "endpoints": [{"addresses": [LOOPBACK], "conditions": {"ready": True}}],
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "rules": [
+                    {
+                        "host": HOST,
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "/",
+                                    "pathType": "Prefix",
+                                    "backend": {
+                                        "service": {"name": name, "port": {"name": "grpc"}}
+                                    },
+                                }
+                            ]
+                        },
+                    }
+                ]
+            },
+        },
+    ]
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+class DataPlane:
+    name = NAME
+    title = "Data plane: unary gRPC through xds-ingress's Envoy, tuned Envoy, nginx, direct"
+
+    @property
+    def metrics(self) -> Mapping[str, MetricSpec]:
+        return METRICS
+
+    def cases(self, *, quick: bool) -> Sequence[UnaryCase]:
+        return [UnaryCase(payload_bytes=128, seconds=3 if quick else 8)]
+
+    def available(self) -> str | None:
+        missing = [tool for tool in ("ghz", "grpc-interop-server") if repo_tool(tool) is None]
+        if missing:
+            return f"{', '.join(missing)} not built: run bench/install-deps.sh"
+        if len(os.sched_getaffinity(0)) < 2:
+            return "needs 2 CPUs (one for the load, one for the servers)"
+        return None
+
+    def targets(self, cases: Sequence[CaseResult]) -> list[TargetResult]:
+        case = cases[0] if cases else None
+
+        def median(name: str) -> float | None:
+            return None if case is None else case.median(name)
+
+        return [
+            at_least(
+                name="throughput vs hand-tuned Envoy",
+                description="data-plane throughput ≥ 0.95x the hand-tuned static Envoy",
+                value=median("xds_vs_static"),
+                threshold=0.95,
+                unit="x",
+            ),
+            at_least(
+                name="throughput vs nginx",
+                description="data-plane throughput ≥ 2.5x nginx grpc_pass",
+                value=median("xds_vs_nginx"),
+                threshold=2.5,
+                unit="x",
+                note="" if median("xds_vs_nginx") is not None else "nginx not installed",
+            ),
+            at_most(
+                name="added p99 at 25% load",
+                description="added p99 ≤ 1 ms over direct at 25% load",
+                value=median("xds_added_p99_25_ms"),
+                threshold=1.0,
+                unit="ms",
+            ),
+        ]
