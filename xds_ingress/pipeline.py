@@ -79,6 +79,11 @@ class Pipeline:
     async def run(self, *, synced: asyncio.Event) -> None:
         await synced.wait()
         log.info("sources synced; building the first snapshot")
+        # Changes seen before the barrier are all in this first build; left
+        # set, they would trigger a second, no-op build that holds the event
+        # loop while Envoys wait for their first push.
+        self._changed.clear()
+        self._first_change = None
         self.rebuild()
         while True:
             await self._changed.wait()
