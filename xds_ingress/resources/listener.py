@@ -154,6 +154,8 @@ def _connection_manager(
         strip_any_host_port=True,
         # Envoy is the edge: trust the peer address, not a client's X-Forwarded-For.
         use_remote_address=wrappers_pb2.BoolValue(value=True),
+        # No tracing yet, so an x-request-id per call is pure cost.
+        generate_request_id=wrappers_pb2.BoolValue(value=False),
         stream_idle_timeout=seconds(_STREAM_IDLE_SECONDS),
         common_http_protocol_options=common,
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
