@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ingress_harness import Ingress
 from peers import LOOPBACK, BackendFactory, EnvoyFactory, EnvoyProcess
 
 from xds_ingress.demo.backend import GreeterBackend
@@ -113,3 +114,24 @@ def pytest_runtest_makereport(
                 )
             )
     return report
+
+
+@pytest.fixture(params=["delta", "sotw"])
+async def ingress_under_test(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Ingress]:
+    """A control plane and one Envoy on a config folder, in each xDS variant."""
+    under_test = Ingress(workdir=tmp_path, delta=request.param == "delta")
+    yield under_test
+    await under_test.stop()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[dict[str, GreeterBackend]]:
+    """Four Greeter backends, "a" to "d", each answering with its own name."""
+    started = {name: GreeterBackend(name=name) for name in ("a", "b", "c", "d")}
+    for backend in started.values():
+        await backend.start()
+    yield started
+    for backend in started.values():
+        await backend.stop(grace=None)

@@ -173,6 +173,12 @@ class Ingress:
         await self.envoy.start()
         return self.envoy
 
+    async def start(self) -> None:
+        """The control plane, then an Envoy it has made LIVE."""
+        await self.start_control_plane()
+        envoy = await self.start_envoy()
+        await envoy.wait_live()
+
     async def stop(self) -> None:
         if self.envoy is not None:
             await self.envoy.stop()

@@ -6,8 +6,6 @@ Every test runs in both xDS variants: incremental (delta) and state of the world
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -31,25 +29,6 @@ from xds_ingress.resources import types
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["delta", "sotw"])
-async def ingress_under_test(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Ingress]:
-    under_test = Ingress(workdir=tmp_path, delta=request.param == "delta")
-    yield under_test
-    await under_test.stop()
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[dict[str, GreeterBackend]]:
-    started = {name: GreeterBackend(name=name) for name in ("a", "b", "c")}
-    for backend in started.values():
-        await backend.start()
-    yield started
-    for backend in started.values():
-        await backend.stop(grace=None)
-
-
 def write_services(under_test: Ingress, backends: dict[str, GreeterBackend]) -> None:
     under_test.config.write(
         "services.yaml",
@@ -57,12 +36,6 @@ def write_services(under_test: Ingress, backends: dict[str, GreeterBackend]) -> 
         endpoint_slice("greeter-a", backends["a"].port),
         endpoint_slice("greeter-b", backends["b"].port),
     )
-
-
-async def start(under_test: Ingress) -> None:
-    await under_test.start_control_plane()
-    envoy = await under_test.start_envoy()
-    await envoy.wait_live()
 
 
 async def test_calls_reach_the_backend_the_ingress_names_by_host_and_path(
@@ -84,7 +57,7 @@ async def test_calls_reach_the_backend_the_ingress_names_by_host_and_path(
             ],
         ),
     )
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     await routes_to(ingress_under_test, "a.example.com", "a")
     await routes_to(ingress_under_test, "b.example.com", "b")
     # By path on one host: the exact method goes to b, the rest of the service to a.
@@ -102,7 +75,7 @@ async def test_editing_the_folder_moves_traffic_without_restarts(
     ingress_under_test.config.write(
         "ingress.yaml", ingress("main", [rule("a.example.com", ("/", "Prefix", "greeter-a"))])
     )
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     envoy = ingress_under_test.envoy
     assert envoy is not None and envoy.process is not None
     envoy_pid = envoy.process.pid
@@ -149,7 +122,7 @@ async def test_a_restarted_envoy_resyncs(
     ingress_under_test.config.write(
         "ingress.yaml", ingress("main", [rule("a.example.com", ("/", "Prefix", "greeter-a"))])
     )
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     await routes_to(ingress_under_test, "a.example.com", "a")
     assert ingress_under_test.envoy is not None
     await ingress_under_test.envoy.stop()
@@ -169,7 +142,7 @@ async def test_envoys_resync_a_restarted_control_plane(
     ingress_under_test.config.write(
         "ingress.yaml", ingress("main", [rule("a.example.com", ("/", "Prefix", "greeter-a"))])
     )
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     await routes_to(ingress_under_test, "a.example.com", "a")
     await ingress_under_test.stop_control_plane()
     # Envoy keeps serving its last configuration while the control plane is down.

@@ -11,8 +11,6 @@ ingress.yaml, as test_end_to_end does for clusters.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from envoy.config.route.v3 import route_pb2
@@ -160,25 +158,6 @@ def test_a_nack_is_held_per_stream_until_that_stream_acks_the_resource(
         "Proto constraint validation failed: bad value" in lines
     )
     assert "Ingress demo/other (other.yaml): Envoy accepted its configuration again" in lines
-
-
-@pytest.fixture(params=["delta", "sotw"])
-async def ingress_under_test(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Ingress]:
-    under_test = Ingress(workdir=tmp_path, delta=request.param == "delta")
-    yield under_test
-    await under_test.stop()
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[dict[str, GreeterBackend]]:
-    started = {name: GreeterBackend(name=name) for name in ("a", "b")}
-    for backend in started.values():
-        await backend.start()
-    yield started
-    for backend in started.values():
-        await backend.stop(grace=None)
 
 
 async def test_a_rejected_route_config_is_reported_on_its_ingress_and_heals_when_fixed(

@@ -11,8 +11,6 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from h2_probe import Connection, Request, requests_on_one_connection
@@ -34,25 +32,6 @@ from xds_ingress.demo.backend import GreeterBackend
 pytestmark = pytest.mark.timeout(120)
 
 NAMESPACE = "demo"
-
-
-@pytest.fixture(params=["delta", "sotw"])
-async def ingress_under_test(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Ingress]:
-    under_test = Ingress(workdir=tmp_path, delta=request.param == "delta")
-    yield under_test
-    await under_test.stop()
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[dict[str, GreeterBackend]]:
-    started = {name: GreeterBackend(name=name) for name in ("a", "b", "c", "d")}
-    for backend in started.values():
-        await backend.start()
-    yield started
-    for backend in started.values():
-        await backend.stop(grace=None)
 
 
 @pytest.fixture(scope="module")
@@ -116,18 +95,12 @@ class Site:
         )
 
 
-async def start(under_test: Ingress) -> None:
-    await under_test.start_control_plane()
-    envoy = await under_test.start_envoy()
-    await envoy.wait_live()
-
-
 async def test_grpc_clients_reach_their_host_over_tls_by_sni(
     ingress_under_test: Ingress, backends: dict[str, GreeterBackend], ca: CertificateAuthority
 ) -> None:
     site = Site(ingress_under_test, ca)
     site.write(backends)
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     await routes_to_tls(ingress_under_test, site.client("a.example.com"), "a")
     # b.example.com is in no spec.tls, but the wildcard certificate covers it.
     await routes_to_tls(ingress_under_test, site.client("b.example.com"), "b")
@@ -146,7 +119,7 @@ async def test_one_connection_serves_every_host_of_its_certificate_and_421s_the_
 ) -> None:
     site = Site(ingress_under_test, ca)
     site.write(backends)
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     await routes_to_tls(ingress_under_test, site.client("a.example.com"), "a")
 
     connection = await site.one_connection(
@@ -187,7 +160,7 @@ async def test_a_rotated_certificate_is_served_without_restarting_envoy(
 ) -> None:
     site = Site(ingress_under_test, ca)
     site.write(backends)
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     envoy = ingress_under_test.envoy
     assert envoy is not None and envoy.process is not None
     pid = envoy.process.pid
@@ -235,7 +208,7 @@ async def test_the_private_key_reaches_envoy_only_over_sds_and_never_a_log(
     caplog.set_level(logging.DEBUG)
     site = Site(ingress_under_test, ca)
     site.write(backends)
-    await start(ingress_under_test)
+    await ingress_under_test.start()
     await routes_to_tls(ingress_under_test, site.client("a.example.com"), "a")
     envoy = ingress_under_test.envoy
     assert envoy is not None
