@@ -51,9 +51,10 @@ RUN groupadd --system --gid 10001 xds-ingress \
         --home-dir /nonexistent --shell /usr/sbin/nologin xds-ingress
 USER 10001:10001
 
-# xDS (also admin API, CSDS, health), admin API alone, Prometheus metrics:
-# the ports manifests/base/control-plane.yaml serves on.
-EXPOSE 18000 18001 9102
+# xDS (also admin API, CSDS, health) and the admin API alone, both mTLS;
+# Prometheus metrics (HTTP) and gRPC health alone (kubelet's probes), both
+# plaintext: the ports manifests/base/control-plane.yaml serves on.
+EXPOSE 18000 18001 9102 18002
 
 ENTRYPOINT ["xds-ingress"]
 CMD ["--help"]

@@ -20,10 +20,18 @@ MYPY_EXTRA := scripts tests/peers.py tests/conftest.py tests/test_peers.py \
 	tests/kube_apiserver.py tests/test_kubernetes_source.py tests/test_backoff.py \
 	tests/test_manifests.py tests/test_status_nack.py tests/test_kube_status.py \
 	tests/test_grpcroute_translate.py tests/test_grpcroute_resources.py \
-	tests/test_grpcroute_end_to_end.py
+	tests/test_grpcroute_end_to_end.py tests/test_httproute_translate.py \
+	tests/test_gateway_tls_translate.py tests/test_gateway_end_to_end.py \
+	tests/test_tls_client_certificates.py tests/test_grpc_routing_options.py \
+	tests/test_grpc_connections.py tests/test_conditions_api.py tests/test_metrics.py \
+	tests/test_watch_metrics.py tests/test_gateway_kubernetes.py tests/test_gateway_status.py \
+	tests/test_faults.py tests/test_xds_mtls.py tests/mtls.py tests/grpc_load.py \
+	tests/control_plane_process.py tests/ingress_harness.py tests/test_supply_chain.py \
+	tests/test_hostile_input.py tests/test_translate_properties.py \
+	tests/test_endpoint_fast_path.py tests/test_store.py tests/test_pipeline.py
 
 .PHONY: help venv test-deps test lint protos protos-check run bench clean distclean
-.PHONY: deploy manifests-check
+.PHONY: deploy manifests-check audit
 
 help:
 	@echo "make run          the local ingress: control plane, Envoy, two gRPC backends"
@@ -34,6 +42,7 @@ help:
 	@echo "make test-deps    build the test peers pip does not provide (grpcurl, etcd, kube-apiserver) into .cache"
 	@echo "make venv         create or update .venv"
 	@echo "make bench        run the benchmarks (not part of test)"
+	@echo "make audit        pip-audit the installed dependencies for known vulnerabilities"
 	@echo "make deploy       install into the current kubectl context (OVERLAY=loadbalancer; see manifests/README.md)"
 	@echo "make manifests-check render every manifests/ overlay and validate it against a real API server"
 	@echo "make clean        remove caches and build output; distclean also .venv and .cache"
@@ -62,6 +71,11 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/mypy $(MYPY_EXTRA)
 
+# Known vulnerabilities in what is installed (PyPI's advisory data, through
+# pip-audit): fails on any. CI runs it after the tests (.ci/run).
+audit: venv
+	$(BIN)/python scripts/audit.py
+
 protos: venv
 	$(BIN)/python scripts/gen_protos.py
 
@@ -76,9 +90,10 @@ run: venv
 
 # Benchmarks measure; they never gate `make test`. `make bench BENCH_ARGS=--quick`
 # is a short smoke run (see bench/README.md). Without Go, the data-plane
-# scenario is skipped and says why.
+# scenario is skipped and says why. test-deps builds etcd and kube-apiserver,
+# which route-propagation, endpoint-change and fan-out run against.
 BENCH_ARGS ?=
-bench: venv
+bench: venv test-deps
 	@if [ -f bench/__main__.py ]; then \
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'; \
 		bench/install-deps.sh || echo "make bench: ghz and the interop server were not built"; \

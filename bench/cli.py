@@ -22,14 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, plots, report
+from bench.coalescing import Coalescing
 from bench.cold_start import ColdStart
 from bench.data_plane import DataPlane
+from bench.endpoint_change import EndpointChange
+from bench.fan_out import FanOut
+from bench.route_propagation import RoutePropagation
 from bench.runner import run_scenarios
 from bench.scenario import Scenario
+from bench.tls import Tls
 
 BENCH_DIR = Path(__file__).resolve().parent
 SCENARIOS: dict[str, Scenario] = {
-    scenario.name: scenario for scenario in (ColdStart(), DataPlane())
+    scenario.name: scenario
+    for scenario in (
+        ColdStart(),
+        DataPlane(),
+        RoutePropagation(),
+        EndpointChange(),
+        FanOut(),
+        Coalescing(),
+        Tls(),
+    )
 }
 DEFAULT_RUNS = 5
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +41,15 @@ class Ports:
         )
 
 
-def start(*, source: Path, ports: Ports, workdir: Path, cpus: tuple[int, ...] = ()) -> Child:
+def start(
+    *,
+    source: Path | str,
+    ports: Ports,
+    workdir: Path,
+    cpus: tuple[int, ...] = (),
+    extra_args: Sequence[str] = (),
+) -> Child:
+    """`source`: a folder, or "kubernetes" (then `extra_args` names --kubeconfig)."""
     return Child.spawn(
         "control plane",
         [
@@ -63,6 +71,10 @@ def start(*, source: Path, ports: Ports, workdir: Path, cpus: tuple[int, ...] = 
             str(ports.https),
             "--log-level",
             "info",
+            # Benchmarks measure xDS itself on loopback; the mTLS handshake is
+            # once per connection and not what they compare.
+            "--insecure",
+            *extra_args,
         ],
         log_path=workdir / "control-plane.log",
         cpus=cpus,

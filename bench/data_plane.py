@@ -32,12 +32,16 @@ from typing import Any, Final
 import psutil
 import yaml
 
-from bench import control_plane, envoy, ghz, peer_configs
+from bench import control_plane, envoy, ghz, h2load, peer_configs
 from bench.procs import LOOPBACK, Child, free_port, repo_tool, wait_until_accepting
 from bench.results import CaseResult, MetricSpec, TargetResult, at_least, at_most
 from xds_ingress.bootstrap import render_bootstrap
 
 NAME: Final = "data-plane"
+# Replies per server-streaming call in the streaming case.
+STREAM_MESSAGES: Final = 10
+# The second backend: nginx answering every call with an empty gRPC message.
+NGINX_H2C: Final = "nginx-h2c"
 HOST: Final = "grpc.bench.local"
 LOAD_CPU: Final = (0,)
 SERVER_CPU: Final = (1,)
@@ -68,6 +72,9 @@ def _metric_specs() -> dict[str, MetricSpec]:
                     "ms", f"{name}: {pct} latency at {load}% load"
                 )
         specs[f"{target}_errors"] = MetricSpec("calls", f"{name}: failed calls (not cut at stop)")
+        specs[f"{target}_mean_100_ms"] = MetricSpec(
+            "ms", f"{name}: mean latency at 100% load (h2load)"
+        )
     for target in PROXIES:
         name = NAMES[target]
         for load in ("100", "25"):
@@ -99,17 +106,43 @@ class UnaryCase:
     seconds: float
     concurrency: int = 32
     connections: int = 4
+    # 0: unary calls; N: server-streaming calls (StreamingOutputCall) of N
+    # replies of `payload_bytes` each, through the same proxies.
+    stream_messages: int = 0
+    # INTEROP: the grpc-go interop server; NGINX_H2C: nginx answering every
+    # call with an empty message (unary only: it streams nothing).
+    backend: str = "interop"
     _children: list[Child] = field(default_factory=list)
     _targets: dict[str, _Target] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
+        if self.stream_messages:
+            return f"server streaming {self.stream_messages}x{self.payload_bytes} B"
+        if self.backend == NGINX_H2C:
+            return f"unary {self.payload_bytes} B, nginx h2c backend"
         return f"unary {self.payload_bytes} B"
+
+    @property
+    def call(self) -> str:
+        return ghz.STREAMING_CALL if self.stream_messages else ghz.UNARY_CALL
+
+    @property
+    def data(self) -> str:
+        if self.stream_messages:
+            return ghz.streaming_payload(self.payload_bytes, self.stream_messages)
+        return ghz.unary_payload(self.payload_bytes)
 
     @property
     def params(self) -> Mapping[str, Any]:
         return {
-            "call": ghz.UNARY_CALL,
+            "call": self.call,
+            "replies_per_call": max(self.stream_messages, 1),
+            "backend": (
+                "nginx h2c, an empty reply to every call"
+                if self.backend == NGINX_H2C
+                else "grpc-go interop server"
+            ),
             "payload_bytes": self.payload_bytes,
             "seconds_per_measurement": self.seconds,
             "concurrency": self.concurrency,
@@ -124,20 +157,26 @@ class UnaryCase:
         self._children.append(child)
         return child
 
-    def prepare(self, workdir: Path) -> dict[str, Any]:
-        interop = repo_tool("grpc-interop-server")
-        if interop is None:
-            raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
+    def _start_backend(self, workdir: Path) -> int:
+        """The backend on SERVER_CPU; returns its port."""
         backend_port = free_port()
+        if self.backend == NGINX_H2C:
+            config = peer_configs.nginx_empty_grpc(workdir=workdir, listen_port=backend_port)
+            argv: list[str | Path] = ["nginx", "-c", config, "-p", workdir]
+            argv += ["-e", workdir / "error.log"]
+        else:
+            interop = repo_tool("grpc-interop-server")
+            if interop is None:
+                raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
+            argv = [interop, "-port", str(backend_port)]
         backend = self._spawn(
-            Child.spawn(
-                "backend",
-                [interop, "-port", str(backend_port)],
-                log_path=workdir / "backend.log",
-                cpus=SERVER_CPU,
-            )
+            Child.spawn("backend", argv, log_path=workdir / "backend.log", cpus=SERVER_CPU)
         )
         wait_until_accepting(backend, backend_port, within_seconds=30)
+        return backend_port
+
+    def prepare(self, workdir: Path) -> dict[str, Any]:
+        backend_port = self._start_backend(workdir / "backend")
         self._targets["direct"] = _Target("direct", f"{LOOPBACK}:{backend_port}")
         self._start_tuned_envoy(workdir / "static", backend_port)
         self._start_xds(workdir / "xds", backend_port)
@@ -152,6 +191,8 @@ class UnaryCase:
                 authority=target.authority,
                 load=ghz.Load(seconds=1, max_calls=200, concurrency=4, connections=1),
                 payload_bytes=self.payload_bytes,
+                call=self.call,
+                data=self.data,
             )
             if check.errors or check.ok == 0:
                 raise RuntimeError(f"{target.name}: warm-up calls failed: {check.error_kinds}")
@@ -174,7 +215,7 @@ class UnaryCase:
     def _start_xds(self, workdir: Path, backend_port: int) -> None:
         folder = workdir / "objects"
         folder.mkdir(parents=True)
-        (folder / "backend.yaml").write_text(_objects(backend_port))
+        (folder / "backend.yaml").write_text(backend_objects(backend_port))
         ports = control_plane.Ports.pick()
         server = self._spawn(
             control_plane.start(source=folder, ports=ports, workdir=workdir, cpus=LOAD_CPU)
@@ -194,7 +235,16 @@ class UnaryCase:
             envoy.start(name="xDS Envoy", config=config, workdir=workdir, cpus=SERVER_CPU)
         )
         # The backend's cluster and the bootstrap's xds_cluster.
-        envoy.wait_live(proxy, admin, envoy.Expected(clusters=2, listeners=1), within_seconds=60)
+        try:
+            envoy.wait_live(
+                proxy, admin, envoy.Expected(clusters=2, listeners=1), within_seconds=60
+            )
+        except TimeoutError as error:
+            # Which side was stuck: the control plane's log says.
+            raise TimeoutError(
+                f"{error}; control plane log ends:\n{server.log_tail(1500)}"
+                f"\nEnvoy log ends:\n{proxy.log_tail(1500)}"
+            ) from error
         self._targets["xds"] = _Target(
             "xds", f"{LOOPBACK}:{ports.http}", authority=HOST, process=proxy
         )
@@ -285,10 +335,69 @@ class UnaryCase:
             load=load,
             payload_bytes=self.payload_bytes,
             cpus=len(LOAD_CPU),
+            call=self.call,
+            data=self.data,
         )
         # Let connections close and the proxy settle before the next target.
         time.sleep(0.5)
         return result
+
+
+@dataclass
+class H2loadCase(UnaryCase):
+    """The same targets under h2load instead of ghz: max rate and mean latency only.
+
+    h2load has no request-rate limit and no percentiles, so there is no 25%
+    load here; its cost per call is lower than ghz's, so the proxies get
+    closer to their own limit.
+    """
+
+    _body: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"unary {self.payload_bytes} B (h2load)"
+
+    def prepare(self, workdir: Path) -> dict[str, Any]:
+        notes = super().prepare(workdir)
+        self._body = workdir / "unary-request.grpc"
+        self._body.write_bytes(h2load.unary_request_frame(self.payload_bytes))
+        notes["load"] = "h2load (HTTP/2 POSTs of one gRPC frame; success = HTTP 2xx)"
+        return notes
+
+    def run_once(self, index: int, workdir: Path) -> dict[str, float]:
+        assert self._body is not None, "prepare() first"
+        names = [name for name in TARGETS if name in self._targets]
+        shift = index % len(names)
+        sample: dict[str, float] = {}
+        for name in names[shift:] + names[:shift]:
+            target = self._targets[name]
+            for child in self._children:
+                child.check_alive()
+            cpu_before = _cpu_seconds(target.process)
+            result = h2load.run(
+                address=target.address,
+                authority=target.authority or HOST,
+                path="/" + ghz.UNARY_CALL.replace("TestService.", "TestService/"),
+                body=self._body,
+                seconds=self.seconds,
+                clients=self.connections,
+                streams_per_client=self.concurrency // self.connections,
+            )
+            cpu = _cpu_seconds(target.process) - cpu_before
+            time.sleep(0.5)
+            sample[f"{name}_rps"] = result.rps
+            sample[f"{name}_mean_100_ms"] = result.mean_ms
+            sample[f"{name}_errors"] = result.failed
+            if target.process is not None and result.ok:
+                sample[f"{name}_cpu_us_per_call"] = cpu / result.ok * 1e6
+        for name in names:
+            if name != "direct":
+                sample[f"{name}_vs_direct"] = sample[f"{name}_rps"] / sample["direct_rps"]
+        sample["xds_vs_static"] = sample["xds_rps"] / sample["static_rps"]
+        if "nginx_rps" in sample:
+            sample["xds_vs_nginx"] = sample["xds_rps"] / sample["nginx_rps"]
+        return sample
 
 
 def _cpu_seconds(child: Child | None) -> float:
@@ -304,7 +413,8 @@ def _cpu_seconds(child: Child | None) -> float:
     return total
 
 
-def _objects(backend_port: int) -> str:
+def backend_objects(backend_port: int) -> str:
+    """The one Service, its EndpointSlice (the backend) and an Ingress for HOST, as YAML."""
     name, namespace = "grpc-backend", "bench"
     documents = [
         {
@@ -356,14 +466,28 @@ def _objects(backend_port: int) -> str:
 
 class DataPlane:
     name = NAME
-    title = "Data plane: unary gRPC through xds-ingress's Envoy, tuned Envoy, nginx, direct"
+    title = "Data plane: gRPC through xds-ingress's Envoy, tuned Envoy, nginx, direct"
 
     @property
     def metrics(self) -> Mapping[str, MetricSpec]:
         return METRICS
 
     def cases(self, *, quick: bool) -> Sequence[UnaryCase]:
-        return [UnaryCase(payload_bytes=128, seconds=3 if quick else 8)]
+        seconds = 3 if quick else 8
+        return [
+            UnaryCase(payload_bytes=128, seconds=seconds),
+            UnaryCase(payload_bytes=128, seconds=seconds, stream_messages=STREAM_MESSAGES),
+            *(
+                [H2loadCase(payload_bytes=128, seconds=seconds)]
+                if shutil.which("h2load") is not None
+                else []
+            ),
+            *(
+                [UnaryCase(payload_bytes=128, seconds=seconds, backend=NGINX_H2C)]
+                if shutil.which("nginx") is not None
+                else []
+            ),
+        ]
 
     def available(self) -> str | None:
         missing = [tool for tool in ("ghz", "grpc-interop-server") if repo_tool(tool) is None]
@@ -374,32 +498,42 @@ class DataPlane:
         return None
 
     def targets(self, cases: Sequence[CaseResult]) -> list[TargetResult]:
-        case = cases[0] if cases else None
+        # The unary case first, as before; the streaming case's after it.
+        targets: list[TargetResult] = []
+        for index, case in enumerate(cases or [None]):
+            suffix = "" if index == 0 or case is None else f" ({case.label})"
+            targets += _targets(case, suffix)
+        return targets
 
-        def median(name: str) -> float | None:
-            return None if case is None else case.median(name)
 
-        return [
-            at_least(
-                name="throughput vs hand-tuned Envoy",
-                description="data-plane throughput ≥ 0.95x the hand-tuned static Envoy",
-                value=median("xds_vs_static"),
-                threshold=0.95,
-                unit="x",
-            ),
-            at_least(
-                name="throughput vs nginx",
-                description="data-plane throughput ≥ 2.5x nginx grpc_pass",
-                value=median("xds_vs_nginx"),
-                threshold=2.5,
-                unit="x",
-                note="" if median("xds_vs_nginx") is not None else "nginx not installed",
-            ),
-            at_most(
-                name="added p99 at 25% load",
-                description="added p99 ≤ 1 ms over direct at 25% load",
-                value=median("xds_added_p99_25_ms"),
-                threshold=1.0,
-                unit="ms",
-            ),
-        ]
+def _targets(case: CaseResult | None, suffix: str) -> list[TargetResult]:
+    def median(name: str) -> float | None:
+        return None if case is None else case.median(name)
+
+    return [
+        at_least(
+            name=f"throughput vs hand-tuned Envoy{suffix}",
+            description=f"data-plane throughput ≥ 0.95x the hand-tuned static Envoy{suffix}",
+            value=median("xds_vs_static"),
+            threshold=0.95,
+            unit="x",
+        ),
+        at_least(
+            name=f"throughput vs nginx{suffix}",
+            description=f"data-plane throughput ≥ 2.5x nginx grpc_pass{suffix}",
+            value=median("xds_vs_nginx"),
+            threshold=2.5,
+            unit="x",
+            note=""
+            if median("xds_vs_nginx") is not None
+            else "not measured (nginx missing, or a failure)",
+        ),
+        at_most(
+            name=f"added p99 at 25% load{suffix}",
+            description=f"added p99 ≤ 1 ms over direct at 25% load{suffix}",
+            value=median("xds_added_p99_25_ms"),
+            threshold=1.0,
+            unit="ms",
+            note="h2load has no rate limit and no percentiles" if "h2load" in suffix else "",
+        ),
+    ]

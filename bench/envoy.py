@@ -121,3 +121,16 @@ def wait_live(envoy: Child, admin_port: int, expected: Expected, *, within_secon
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{envoy.name} LIVE but counts {found} are not {expected}")
         time.sleep(0.05)
+
+
+def counter_sums(admin_port: int, suffixes: tuple[str, ...]) -> dict[str, int]:
+    """Each suffix (e.g. ".no_cluster") → the sum of every counter whose name ends so."""
+    pattern = "(" + "|".join(re.escape(suffix) for suffix in suffixes) + ")$"
+    text = admin_get(admin_port, f"/stats?usedonly&filter={urllib.parse.quote(pattern)}")
+    sums = dict.fromkeys(suffixes, 0)
+    for line in text.splitlines():
+        name, _, value = line.strip().partition(": ")
+        for suffix in suffixes:
+            if name.endswith(suffix) and value.isdigit():
+                sums[suffix] += int(value)
+    return sums

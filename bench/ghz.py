@@ -21,6 +21,7 @@ from bench.procs import repo_tool
 
 PROTO = Path(__file__).resolve().parent / "protos" / "test_service.proto"
 UNARY_CALL = "grpc.testing.TestService.UnaryCall"
+STREAMING_CALL = "grpc.testing.TestService.StreamingOutputCall"
 _CUT_MARKERS = ("client connection is closing", "transport is closing")
 
 
@@ -52,6 +53,17 @@ def unary_payload(size: int) -> str:
     return json.dumps({"response_size": size, "payload": {"body": body}})
 
 
+def streaming_payload(size: int, messages: int) -> str:
+    """A StreamingOutputCall asking for `messages` replies of `size` bytes each."""
+    body = base64.b64encode(bytes(size)).decode()
+    return json.dumps(
+        {
+            "response_parameters": [{"size": size} for _ in range(messages)],
+            "payload": {"body": body},
+        }
+    )
+
+
 def binary() -> Path:
     found = repo_tool("ghz")
     if found is None:
@@ -60,17 +72,25 @@ def binary() -> Path:
 
 
 def run(
-    *, target: str, load: Load, payload_bytes: int, authority: str | None = None, cpus: int = 1
+    *,
+    target: str,
+    load: Load,
+    payload_bytes: int,
+    authority: str | None = None,
+    cpus: int = 1,
+    call: str = UNARY_CALL,
+    data: str | None = None,
 ) -> GhzResult:
+    """`data`: the request as JSON (default: a UnaryCall of `payload_bytes`)."""
     argv = [
         str(binary()),
         "--insecure",
         "--proto",
         str(PROTO),
         "--call",
-        UNARY_CALL,
+        call,
         "-d",
-        unary_payload(payload_bytes),
+        unary_payload(payload_bytes) if data is None else data,
         "-n",
         str(load.max_calls),
         "-x",

@@ -7,9 +7,11 @@
 #   bench/install-deps.sh            everything
 #   bench/install-deps.sh ghz        only the named tools
 #
-# The data-plane scenario needs ghz (load), the grpc-go interop server (a
-# backend that is not the bottleneck) and nginx (a yardstick); the
-# cold-start scenario needs none of them.
+# The data-plane and coalescing scenarios need ghz (load), the grpc-go
+# interop server (a backend that is not the bottleneck) and nginx (a
+# yardstick); route-propagation and endpoint-change need the interop server
+# (and etcd + kube-apiserver from scripts/install-kube.sh); cold-start and
+# fan-out need none of them. h2load is optional.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -78,6 +80,23 @@ install_nginx() {
             apt-get install -y --no-install-recommends nginx-light; }
 }
 
+# h2load (Debian's nghttp2-client): a second HTTP/2 load generator, for the
+# coalescing scenario's many client connections. Same rules as nginx.
+install_h2load() {
+    if command -v h2load >/dev/null 2>&1; then
+        log "h2load: already installed"
+        return
+    fi
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "h2load: not installed; as root on Debian: apt-get install -y nghttp2-client"
+        return
+    fi
+    log "h2load: apt-get install -y nghttp2-client"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nghttp2-client ||
+        { apt-get update && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y --no-install-recommends nghttp2-client; }
+}
+
 main() {
     mkdir -p "${BIN}"
     if (($#)); then
@@ -90,6 +109,7 @@ main() {
     install_ghz
     install_interop_server
     install_nginx
+    install_h2load
 }
 
 main "$@"

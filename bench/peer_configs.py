@@ -9,6 +9,8 @@ Envoy gets one), no access log.
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +109,14 @@ def tuned_envoy(*, listen_port: int, admin_port: int, backend_port: int) -> dict
     }
 
 
-def nginx_grpc(*, workdir: Path, listen_port: int, backend_port: int) -> Path:
-    """Write nginx.conf into `workdir` (with its temp folders) and return its path."""
+def nginx_grpc(
+    *, workdir: Path, listen_port: int, backend_port: int, worker_connections: int = 16384
+) -> Path:
+    """Write nginx.conf into `workdir` (with its temp folders) and return its path.
+
+    `worker_connections` bounds client plus upstream connections of the
+    worker; its descriptors are raised to match.
+    """
     for folder in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (workdir / "temp" / folder).mkdir(parents=True, exist_ok=True)
     temp = workdir / "temp"
@@ -118,7 +126,8 @@ master_process on;
 worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
-events {{ worker_connections 16384; }}
+worker_rlimit_nofile {worker_connections + 100};
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {temp}/client_body;
@@ -137,6 +146,67 @@ http {{
         listen 127.0.0.1:{listen_port} http2;
         location / {{
             grpc_pass grpc://backend;
+        }}
+    }}
+}}
+"""
+    path = workdir / "nginx.conf"
+    path.write_text(config.lstrip())
+    return path
+
+
+def nginx_empty_grpc(*, workdir: Path, listen_port: int) -> Path:
+    """nginx as an h2c gRPC backend that answers every call with an empty message.
+
+    A backend that is not the bottleneck: no Go runtime, no protobuf. The
+    reply is a 5-byte gRPC frame (uncompressed, length 0: a valid empty
+    message of any type) from a file, and the `grpc-status: 0` trailer.
+    nginx serves no POST from a file, so the 405 it would answer is turned
+    into that 200.
+    """
+    for folder in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (workdir / "temp" / folder).mkdir(parents=True, exist_ok=True)
+    root = workdir / "www"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "empty.grpc").write_bytes(b"\x00\x00\x00\x00\x00")
+    temp = workdir / "temp"
+    # Run as root, nginx's worker would drop to `nobody`, which cannot read a
+    # file in the benchmark's private (0700) work folder: stay this user.
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
+    config = f"""
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    http2_max_requests 1000000;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{listen_port} http2;
+        root {root};
+        location / {{
+            default_type application/grpc;
+            add_trailer grpc-status 0 always;
+            # Read the whole request before answering: answering first makes
+            # nginx reset the stream's unread body afterwards, and a proxy
+            # (nginx grpc_pass) fails the connection on that late frame.
+            mirror /read-body;
+            mirror_request_body on;
+            try_files /empty.grpc =404;
+            error_page 405 =200 /empty.grpc;
+        }}
+        location = /read-body {{
+            internal;
+            return 204;
         }}
     }}
 }}

@@ -145,14 +145,25 @@ _PROXIES = (
 
 
 def data_plane(result: ScenarioResult, path: Path) -> Path:
-    case = next((case for case in result.cases if case.metrics), None)
-    figure, (throughput, latency, cpu) = plt.subplots(
-        1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1.1, 1.6, 0.9]}
+    """One row of three panels per case (unary, streaming)."""
+    cases = [case for case in result.cases if case.metrics]
+    rows = max(len(cases), 1)
+    figure, grid = plt.subplots(
+        rows,
+        3,
+        figsize=(16, 4.8 * rows),
+        gridspec_kw={"width_ratios": [1.1, 1.6, 0.9]},
+        squeeze=False,
     )
-    if case is None:
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        return path
+    for case, (throughput, latency, cpu) in zip(cases, grid, strict=False):
+        _data_plane_row(case, throughput, latency, cpu)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _data_plane_row(case: CaseResult, throughput: Axes, latency: Axes, cpu: Axes) -> None:
     targets = [("direct", "backend directly (floor)", "tab:blue"), *_PROXIES]
     shown = [t for t in targets if f"{t[0]}_rps" in case.metrics]
     for index, (name, label, colour) in enumerate(shown):
@@ -209,6 +220,141 @@ def data_plane(result: ScenarioResult, path: Path) -> Path:
     cpu.set_ylabel("proxy CPU µs per call at max rate")
     cpu.set_title("Proxy CPU per call")
     cpu.grid(axis="y", alpha=0.3)
+
+
+def _latency_with_target(
+    result: ScenarioResult, path: Path, *, title: str, target_ms: float, counts: Sequence[str]
+) -> Path:
+    """p50/p99/max per case against a target line; beside it, counts that must be 0."""
+    cases = [case for case in result.cases if case.metrics]
+    figure, (times, bad) = plt.subplots(
+        1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.4, 1]}
+    )
+    _bars(
+        times,
+        cases,
+        [("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "slowest")],
+        ylabel="ms from the write (median of runs; whiskers min-max)",
+    )
+    times.axhline(
+        target_ms, color="tab:red", linestyle="--", label=f"target: p99 ≤ {target_ms:g} ms"
+    )
+    times.legend(fontsize="small")
+    times.set_title(title)
+    shown = [(name, result_label(cases, name)) for name in counts]
+    _bars(bad, cases, shown, ylabel="count per run (must be 0)")
+    bad.legend(fontsize="x-small", loc="best")
+    bad.set_title("What should not happen")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def result_label(cases: Sequence[CaseResult], name: str) -> str:
+    """A metric's own description (without its unit), for a legend."""
+    for case in cases:
+        metric = case.metrics.get(name)
+        if metric is not None:
+            return metric.description
+    return name
+
+
+def route_propagation(result: ScenarioResult, path: Path) -> Path:
+    return _latency_with_target(
+        result,
+        path,
+        title="Ingress write → first successful call",
+        target_ms=50.0,
+        counts=("bad_responses", "envoy_no_cluster", "envoy_no_healthy_upstream", "timeouts"),
+    )
+
+
+def endpoint_change(result: ScenarioResult, path: Path) -> Path:
+    return _latency_with_target(
+        result,
+        path,
+        title="EndpointSlice write → first call through the new host",
+        target_ms=50.0,
+        counts=("timeouts",),
+    )
+
+
+def fan_out(result: ScenarioResult, path: Path) -> Path:
+    cases = [case for case in result.cases if case.metrics]
+    figure, (times, cpu) = plt.subplots(1, 2, figsize=(12, 4.8))
+    _bars(
+        times,
+        cases,
+        [("first_acked_ms", "first Envoy ACKed"), ("all_acked_ms", "every Envoy ACKed")],
+        ylabel="ms from the Ingress write (median; whiskers min-max)",
+    )
+    one = next((case for case in cases if case.params.get("envoys") == 1), None)
+    one_ms = one.median("all_acked_ms") if one else None
+    if one_ms is not None:
+        times.axhline(2 * one_ms, color="tab:red", linestyle="--", label="target: 2x one Envoy")
+        times.legend(fontsize="small")
+    times.set_title("One change, all Envoys ACKed")
+    _bars(
+        cpu,
+        cases,
+        [("cp_cpu_ms_per_push", "per push"), ("cp_cpu_ms_per_envoy", "per push per Envoy")],
+        ylabel="control plane CPU ms",
+    )
+    cpu.set_title("Control plane CPU")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def coalescing(result: ScenarioResult, path: Path) -> Path:
+    cases = [case for case in result.cases if case.metrics]
+    figure, axes = plt.subplots(figsize=(9, 4.8))
+    _bars(
+        axes,
+        cases,
+        [
+            ("h2_minimum", "HTTP/2 minimum (yardstick)"),
+            ("envoy_upstream_peak", "Envoy (xds-ingress), peak"),
+            ("nginx_upstream_peak", "nginx grpc_pass, peak"),
+        ],
+        ylabel="upstream connections (log scale)",
+    )
+    axes.set_yscale("log")
+    axes.set_title("Upstream connections for 10 calls in flight per client")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def tls(result: ScenarioResult, path: Path) -> Path:
+    cases = [case for case in result.cases if case.metrics]
+    figure, (handshakes, bulk) = plt.subplots(1, 2, figsize=(12, 4.8))
+    _bars(
+        handshakes,
+        cases,
+        [
+            ("openssl_sign_per_s", "openssl speed: private-key ops/s (yardstick)"),
+            ("handshakes_per_envoy_cpu_s", "Envoy: new connections per CPU-second"),
+            ("handshakes_per_s", "Envoy: new connections per second (wall)"),
+        ],
+        ylabel="per second (log scale)",
+    )
+    handshakes.set_yscale("log")
+    handshakes.set_title("TLS handshakes (one call each)")
+    _bars(
+        bulk,
+        cases,
+        [
+            ("openssl_cipher_mib_per_s", "openssl speed: the cipher, 16 KiB (yardstick)"),
+            ("bulk_mib_per_s", "through the TLS listener"),
+        ],
+        ylabel="MiB/s (log scale)",
+    )
+    bulk.set_yscale("log")
+    bulk.set_title("Bulk throughput, 256 KiB replies")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -218,4 +364,9 @@ def data_plane(result: ScenarioResult, path: Path) -> Path:
 PLOTTERS: dict[str, Callable[[ScenarioResult, Path], Path]] = {
     "cold-start": cold_start,
     "data-plane": data_plane,
+    "route-propagation": route_propagation,
+    "endpoint-change": endpoint_change,
+    "fan-out": fan_out,
+    "coalescing": coalescing,
+    "tls": tls,
 }

@@ -6,6 +6,7 @@ re-analysed; the summary is the median with min and max, as issue 7 asks.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -161,3 +162,12 @@ class ScenarioResult:
             "targets": [target.to_json() for target in self.targets],
             "notes": self.notes,
         }
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The nearest-rank percentile (a value that was measured, never interpolated)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]

@@ -19,6 +19,10 @@
 #
 # Debian's etcd-server is used instead of building etcd when an etcd >= 3.5
 # is already on PATH (bookworm ships 3.4, too old for kube-apiserver 1.3x).
+#
+# The Gateway API CRDs (standard channel) come from the same module proxy:
+# `go mod download` of sigs.k8s.io/gateway-api at a pinned release, whose
+# config/crd/standard/*.yaml are copied to .cache/kube/gateway-api-crds.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +34,10 @@ BUILD="${CACHE}/build"
 # API the control plane is written against. Needs Go >= 1.26.
 KUBE_VERSION="v1.37.2"
 ETCD_VERSION="v3.6.16"
+# Standard channel: GatewayClass, Gateway, HTTPRoute, GRPCRoute (v1) and
+# ReferenceGrant (v1beta1), which the control plane watches.
+GATEWAY_API_VERSION="v1.4.1"
+CRDS="${CACHE}/gateway-api-crds"
 MIN_ETCD="3.5"
 
 # `go build` runs one compile per CPU; set GO_PARALLEL=1 where memory is
@@ -144,11 +152,46 @@ install_kube_apiserver() {
     mark_installed kube-apiserver "${KUBE_VERSION}"
 }
 
+install_gateway_api_crds() {
+    if [[ -f "${CRDS}/.version" && "$(cat "${CRDS}/.version")" == "${GATEWAY_API_VERSION}" ]]; then
+        log "Gateway API CRDs ${GATEWAY_API_VERSION}: already installed"
+        return
+    fi
+    need go "install Go (https://go.dev/dl/) to download the Gateway API CRDs"
+    log "Gateway API CRDs ${GATEWAY_API_VERSION}: go mod download sigs.k8s.io/gateway-api"
+    local dir
+    dir="$(cd "${BUILD}" && GOFLAGS= GOTOOLCHAIN=local \
+        go mod download -json "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+    if [[ ! -d "${dir}/config/crd/standard" ]]; then
+        log "could not download sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}"
+        exit 1
+    fi
+    rm -rf "${CRDS}.new"
+    mkdir -p "${CRDS}.new"
+    # The module cache is read-only; the copies need not be.
+    cp "${dir}"/config/crd/standard/*.yaml "${CRDS}.new/"
+    chmod u+w "${CRDS}.new"/*.yaml
+    printf '%s\n' "${GATEWAY_API_VERSION}" >"${CRDS}.new/.version"
+    rm -rf "${CRDS}"
+    mv "${CRDS}.new" "${CRDS}"
+}
+
+# With arguments, install only those parts (`install-kube.sh gateway_api_crds`);
+# without, everything.
 main() {
     mkdir -p "${BIN}" "${BUILD}"
+    if (($#)); then
+        local part
+        for part in "$@"; do
+            "install_${part}"
+        done
+        return
+    fi
     install_etcd
     install_kube_apiserver
-    log "ready: ${BIN}/etcd ${BIN}/kube-apiserver"
+    install_gateway_api_crds
+    log "ready: ${BIN}/etcd ${BIN}/kube-apiserver ${CRDS}"
 }
 
 main "$@"

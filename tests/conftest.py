@@ -120,8 +120,11 @@ def pytest_runtest_makereport(
 async def ingress_under_test(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Ingress]:
-    """A control plane and one Envoy on a config folder, in each xDS variant."""
-    under_test = Ingress(workdir=tmp_path, delta=request.param == "delta")
+    """A control plane and one Envoy on a config folder, in each xDS variant.
+
+    The Envoy reaches the control plane over mTLS, the production path.
+    """
+    under_test = Ingress(workdir=tmp_path, delta=request.param == "delta", mtls=True)
     yield under_test
     await under_test.stop()
 

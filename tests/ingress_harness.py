@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import yaml
+from mtls import ControlPlanePki
 from peers import free_port, wait_until
 
 from xds_ingress.app import ControlPlane
@@ -98,10 +99,16 @@ class ConfigFolder:
 
 @dataclass
 class Ingress:
-    """A control plane and one Envoy it configures."""
+    """A control plane and one Envoy it configures.
+
+    With `mtls` the xDS (and admin) port serves mTLS and Envoy presents a
+    client certificate, as in production; `pki` holds the files. Without,
+    both speak plaintext (`serve --insecure`), which grpcurl -plaintext needs.
+    """
 
     workdir: Path
     delta: bool
+    mtls: bool = False
     xds_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
@@ -113,6 +120,14 @@ class Ingress:
     metrics_port: int | None = None
     control_plane: ControlPlane | None = None
     envoy: EnvoyLauncher | None = None
+    _pki: ControlPlanePki | None = None
+
+    @property
+    def pki(self) -> ControlPlanePki:
+        """The CA and certificates of the control plane connection (made on first use)."""
+        if self._pki is None:
+            self._pki = ControlPlanePki.create(self.workdir / "pki")
+        return self._pki
 
     @property
     def config(self) -> ConfigFolder:
@@ -144,6 +159,7 @@ class Ingress:
                     if self.metrics_port is not None
                     else None
                 ),
+                xds_tls=self.pki.server_tls if self.mtls else None,
             )
         )
         source = self.control_plane.source
@@ -165,6 +181,7 @@ class Ingress:
                 node_cluster="test",
                 admin_address=f"127.0.0.1:{self.admin_port}",
                 delta=self.delta,
+                tls=self.pki.client_tls() if self.mtls else None,
             ),
             workdir=self.workdir / "envoy",
             admin_port=self.admin_port,

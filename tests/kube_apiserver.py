@@ -46,10 +46,29 @@ from kubernetes.client.exceptions import ApiException
 from peers import LOOPBACK, REPO, MissingTestDependency, free_port
 
 BIN: Final = REPO / ".cache" / "kube" / "bin"
+# The standard-channel Gateway API CRDs, copied there by scripts/install-kube.sh.
+GATEWAY_API_CRDS: Final = REPO / ".cache" / "kube" / "gateway-api-crds"
+CRD_TIMEOUT_SECONDS: Final = 60.0
 START_TIMEOUT_SECONDS: Final = 60.0
 STOP_TIMEOUT_SECONDS: Final = 10.0
 SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
 ADMIN_GROUP: Final = "system:masters"
+
+
+def gateway_api_crds() -> list[dict[str, Any]]:
+    """The pinned Gateway API CRDs (standard channel), as documents."""
+    files = sorted(GATEWAY_API_CRDS.glob("*.yaml"))
+    if not files:
+        raise MissingTestDependency(
+            f"no Gateway API CRDs in {GATEWAY_API_CRDS}: run `make test-deps` "
+            "(scripts/install-kube.sh downloads them)"
+        )
+    documents = []
+    for path in files:
+        for document in yaml.safe_load_all(path.read_text()):
+            if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
+                documents.append(document)
+    return documents
 
 
 def kube_binary(name: str) -> Path:
@@ -176,6 +195,78 @@ class KubeCluster:
         for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
             with contextlib.suppress(ApiException):
                 delete(name)
+
+    def install_gateway_api_crds(self) -> None:
+        """Create the Gateway API CRDs (those missing) and wait until each is served."""
+        try:
+            crds = gateway_api_crds()
+        except MissingTestDependency as error:
+            pytest.fail(str(error), pytrace=False)
+        api_client = self.api_client()
+        extensions = kube.ApiextensionsV1Api(api_client)
+        for crd in crds:
+            try:
+                extensions.create_custom_resource_definition(crd)
+            except ApiException as error:
+                if error.status != 409:  # already there
+                    raise
+        deadline = time.monotonic() + CRD_TIMEOUT_SECONDS
+        for crd in crds:
+            while not self._crd_served(api_client, crd):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"CRD {crd['metadata']['name']} is not served")
+                time.sleep(0.1)
+
+    def delete_gateway_api_crds(self) -> None:
+        """Delete the Gateway API CRDs (and so every object of theirs); wait until gone."""
+        try:
+            crds = gateway_api_crds()
+        except MissingTestDependency as error:
+            pytest.fail(str(error), pytrace=False)
+        extensions = kube.ApiextensionsV1Api(self.api_client())
+        names = [str(crd["metadata"]["name"]) for crd in crds]
+        for name in names:
+            try:
+                extensions.delete_custom_resource_definition(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        deadline = time.monotonic() + CRD_TIMEOUT_SECONDS
+        for name in names:
+            while True:
+                try:
+                    extensions.read_custom_resource_definition(name)
+                except ApiException as error:
+                    if error.status == 404:
+                        break
+                    raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"CRD {name} is still there")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _crd_served(api_client: kube.ApiClient, crd: Mapping[str, Any]) -> bool:
+        """Established, and a list of every served version answers 200."""
+        spec = crd["spec"]
+        extensions = kube.ApiextensionsV1Api(api_client)
+        try:
+            current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+        except ApiException:
+            return False
+        conditions = (current.status and current.status.conditions) or []
+        if not any(c.type == "Established" and c.status == "True" for c in conditions):
+            return False
+        custom = kube.CustomObjectsApi(api_client)
+        for version in spec["versions"]:
+            if not version.get("served"):
+                continue
+            try:
+                custom.list_cluster_custom_object(
+                    spec["group"], version["name"], spec["names"]["plural"], limit=1
+                )
+            except ApiException:
+                return False
+        return True
 
     def close(self) -> None:
         for api_client in self._clients:

@@ -17,6 +17,7 @@ from test_translate import (
     run,
     service,
 )
+from tls_certs import CertificateAuthority
 
 from xds_ingress import ir
 from xds_ingress.translate.annotations import parse_duration_ms
@@ -138,7 +139,11 @@ def test_nginx_backend_protocol_chooses_how_envoy_talks_to_the_service(
     )
     (route_config,) = translation.config.route_configs
     (vhost,) = route_config.virtual_hosts
-    assert vhost.routes[0].action == ir.Forward(backend=name)
+    # ingress-nginx's GRPC and GRPCS say the route serves gRPC only.
+    grpc_only = True if value in ("GRPC", "GRPCS") else None
+    assert vhost.routes[0].action == ir.Forward(
+        backend=name, policy=ir.RoutePolicy(grpc_only=grpc_only)
+    )
 
 
 def test_two_ingresses_may_talk_to_one_service_port_differently() -> None:
@@ -270,3 +275,199 @@ def test_terminating_endpoints_that_still_serve_are_drained_not_dropped() -> Non
 )
 def test_durations(text: str, milliseconds: int | None) -> None:
     assert parse_duration_ms(text) == milliseconds
+
+
+# ---------------------------------------------------------------- load balancing, gRPC-only, TLS
+
+
+def only_backend(translation: ir.Translation) -> ir.Backend:
+    (backend,) = translation.config.backends
+    return backend
+
+
+@pytest.mark.parametrize(
+    ("annotations", "balancer", "header", "name"),
+    [
+        ({}, ir.LoadBalancer.ROUND_ROBIN, None, "default/s:50051"),
+        (
+            {"xds-ingress.io/load-balancer": "least-request"},
+            ir.LoadBalancer.LEAST_REQUEST,
+            None,
+            "default/s:50051/least-request",
+        ),
+        (
+            {"xds-ingress.io/load-balancer": "Ring-Hash", "xds-ingress.io/hash-header": "X-User"},
+            ir.LoadBalancer.RING_HASH,
+            "x-user",
+            "default/s:50051/ring-hash",
+        ),
+        # A hash header alone asks for ring hash.
+        (
+            {"xds-ingress.io/hash-header": "x-user"},
+            ir.LoadBalancer.RING_HASH,
+            "x-user",
+            "default/s:50051/ring-hash",
+        ),
+    ],
+)
+def test_load_balancer_annotations_choose_the_cluster_policy_and_the_hash(
+    annotations: dict[str, str], balancer: ir.LoadBalancer, header: str | None, name: str
+) -> None:
+    translation = annotated(annotations)
+    backend = only_backend(translation)
+    assert (backend.name, backend.load_balancer) == (name, balancer)
+    assert policies(translation) == {ir.RoutePolicy(hash_header=header)}
+    assert conditions(translation, "Ingress", "web") == {("Accepted", "True", "Accepted")}
+
+
+@pytest.mark.parametrize(
+    ("annotations", "words"),
+    [
+        ({"xds-ingress.io/load-balancer": "random"}, "'random' is not one of"),
+        ({"xds-ingress.io/load-balancer": "ring-hash"}, "ring-hash needs"),
+        (
+            {"xds-ingress.io/load-balancer": "least-request", "xds-ingress.io/hash-header": "x"},
+            "only ring-hash hashes a header",
+        ),
+        ({"xds-ingress.io/hash-header": ":path"}, "is not an HTTP header name"),
+    ],
+)
+def test_bad_load_balancer_annotations_are_reported_and_round_robin_kept(
+    annotations: dict[str, str], words: str
+) -> None:
+    translation = annotated(annotations)
+    assert INVALID in conditions(translation, "Ingress", "web")
+    assert any(words in message for message in messages(translation, "web")), messages(
+        translation, "web"
+    )
+    assert only_backend(translation).load_balancer in (
+        ir.LoadBalancer.ROUND_ROBIN,
+        ir.LoadBalancer.LEAST_REQUEST,
+    )
+    assert all(policy.hash_header is None for policy in policies(translation))
+
+
+@pytest.mark.parametrize(
+    ("annotations", "grpc_only"),
+    [
+        ({}, None),
+        ({"xds-ingress.io/grpc-only": "true"}, True),
+        ({"xds-ingress.io/grpc-only": "False"}, False),
+        ({"nginx.ingress.kubernetes.io/backend-protocol": "GRPCS"}, True),
+        ({"nginx.ingress.kubernetes.io/backend-protocol": "HTTP2"}, None),
+        # Ours wins over ingress-nginx's.
+        (
+            {
+                "nginx.ingress.kubernetes.io/backend-protocol": "GRPC",
+                "xds-ingress.io/grpc-only": "false",
+            },
+            False,
+        ),
+    ],
+)
+def test_grpc_only_comes_from_our_annotation_or_nginx_grpc(
+    annotations: dict[str, str], grpc_only: bool | None
+) -> None:
+    assert {p.grpc_only for p in policies(annotated(annotations))} == {grpc_only}
+
+
+def test_paths_naming_a_grpc_service_are_grpc_only() -> None:
+    def names(value: str, kind: ir.PathMatchType = ir.PathMatchType.PREFIX) -> bool:
+        return ir.names_grpc_service(ir.PathMatch(type=kind, value=value))
+
+    assert names("/helloworld.Greeter")
+    assert names("/helloworld.Greeter/")
+    assert names("/pkg.v1.Service/Method", ir.PathMatchType.EXACT)
+    assert not names("/")
+    assert not names("/api.v1/")  # a version, not a service type
+    assert not names("/Greeter/")  # no package: could be anything
+    assert not names("/pkg.Service/a/b")
+    assert not names("/pkg\\.Service/.*", ir.PathMatchType.REGEX)
+
+
+def ca_secret(name: str, pem: str = "") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "Opaque",
+        "stringData": {"ca.crt": pem},
+    }
+
+
+def grpcs(annotations: Mapping[str, str], *extra: Mapping[str, Any]) -> ir.Translation:
+    return run(
+        service("s", ports=[PLAIN_PORT]),
+        ingress(
+            "web",
+            rule("a.example.com", path("/", "s", port=80)),
+            annotations={"nginx.ingress.kubernetes.io/backend-protocol": "GRPCS", **annotations},
+        ),
+        *extra,
+    )
+
+
+def test_a_backend_ca_secret_verifies_grpcs_backends_with_the_service_name_as_sni() -> None:
+    ca = CertificateAuthority()
+    translation = grpcs(
+        {"xds-ingress.io/backend-ca-secret": "backend-ca"},
+        ca_secret("backend-ca", ca.pem.decode()),
+    )
+    backend = only_backend(translation)
+    assert backend.name == "default/s:80/h2/ca=backend-ca"
+    assert backend.tls is not None and backend.tls.ca is not None
+    assert (backend.tls.sni, backend.tls.ca.name) == ("s.default.svc", "default/backend-ca/ca.crt")
+    assert backend.tls.ca.ca_pem == ca.pem.decode()
+    # The SNI may be set, or ("") not sent at all.
+    for sni, name in (("grpc.internal", "grpc.internal"), ("", "")):
+        translation = grpcs(
+            {"xds-ingress.io/backend-ca-secret": "backend-ca", "xds-ingress.io/backend-sni": sni},
+            ca_secret("backend-ca", ca.pem.decode()),
+        )
+        tls = only_backend(translation).tls
+        assert tls is not None and tls.sni == name
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [((), "SecretNotFound"), ((ca_secret("backend-ca", "not a certificate"),), "InvalidCASecret")],
+)
+def test_a_backend_ca_that_cannot_be_used_fails_closed_with_503(
+    extra: tuple[dict[str, Any], ...], reason: str
+) -> None:
+    translation = grpcs({"xds-ingress.io/backend-ca-secret": "backend-ca"}, *extra)
+    assert translation.config.backends == ()
+    (route_config,) = translation.config.route_configs
+    (vhost,) = route_config.virtual_hosts
+    action = vhost.routes[0].action
+    assert isinstance(action, ir.DirectResponse) and action.status == 503
+    assert ("ResolvedRefs", "False", reason) in conditions(translation, "Ingress", "web")
+
+
+def test_client_certificate_annotations_set_the_route_guard() -> None:
+    required = annotated({"xds-ingress.io/client-ca-secret": "clients"})
+    assert {p.client_certificate_required for p in policies(required)} == {True}
+    optional = annotated(
+        {"xds-ingress.io/client-ca-secret": "clients", "xds-ingress.io/client-cert": "optional"}
+    )
+    assert {p.client_certificate_required for p in policies(optional)} == {False}
+    # A typo fails closed: required.
+    typo = annotated(
+        {"xds-ingress.io/client-ca-secret": "clients", "xds-ingress.io/client-cert": "optinal"}
+    )
+    assert {p.client_certificate_required for p in policies(typo)} == {True}
+    assert INVALID in conditions(typo, "Ingress", "web")
+
+
+def test_annotations_that_cannot_apply_here_are_reported() -> None:
+    # A backend CA for a backend spoken to without TLS.
+    translation = annotated({"xds-ingress.io/backend-ca-secret": "ca"})
+    assert INVALID in conditions(translation, "Ingress", "web")
+    assert any(
+        "needs nginx.ingress.kubernetes.io/backend-protocol: GRPCS" in m
+        for m in messages(translation, "web")
+    )
+    assert only_backend(translation).tls is None
+    # Client certificates on an Ingress without TLS: reported (and 403, see above).
+    translation = annotated({"xds-ingress.io/client-ca-secret": "clients"})
+    assert any("has no spec.tls" in m for m in messages(translation, "web"))

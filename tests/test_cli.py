@@ -49,8 +49,8 @@ def test_bad_values_exit_non_zero_with_one_line(
 
 def test_bootstrap_is_ads_delta_by_default_and_sotw_on_request() -> None:
     common = ["--xds-address", "127.0.0.1:18000", "--node-id", "envoy-7", "--node-cluster", "edge"]
-    delta = json.loads(run("bootstrap", *common).stdout)
-    sotw = json.loads(run("bootstrap", *common, "--sotw").stdout)
+    delta = json.loads(run("bootstrap", *common, "--insecure").stdout)
+    sotw = json.loads(run("bootstrap", *common, "--insecure", "--sotw").stdout)
     assert delta["node"] == {"id": "envoy-7", "cluster": "edge"}
     assert delta["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     assert sotw["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
@@ -76,6 +76,7 @@ def test_serve_logs_json_lines_and_names_a_broken_file(tmp_path: Path) -> None:
             f"127.0.0.1:{free_port()}",
             "--http-port",
             str(free_port()),
+            "--insecure",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -95,3 +96,56 @@ def test_serve_logs_json_lines_and_names_a_broken_file(tmp_path: Path) -> None:
     assert len(warnings) == 1, warnings
     assert "broken.yaml" in warnings[0]["message"]
     assert {"time", "logger", "message"} <= set(warnings[0])
+
+
+def test_bootstrap_needs_client_certificates_or_insecure() -> None:
+    common = ["--xds-address", "127.0.0.1:18000", "--node-id", "e", "--node-cluster", "c"]
+    result = run("bootstrap", *common)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "pass --xds-tls-cert, --xds-tls-key, --xds-ca (or --insecure" in line
+    plain = json.loads(run("bootstrap", *common, "--insecure").stdout)
+    assert "transport_socket" not in plain["static_resources"]["clusters"][0]
+
+
+def test_bootstrap_with_certificates_presents_one_and_checks_the_server() -> None:
+    result = run(
+        "bootstrap",
+        "--xds-address",
+        "xds.example.svc:18000",
+        "--xds-address",
+        "10.0.0.7:18000",
+        "--node-id",
+        "e",
+        "--node-cluster",
+        "c",
+        "--xds-tls-cert",
+        "/etc/xds/tls.crt",
+        "--xds-tls-key",
+        "/etc/xds/tls.key",
+        "--xds-ca",
+        "/etc/xds/ca.crt",
+    )
+    assert result.returncode == 0, result.stderr
+    (cluster,) = json.loads(result.stdout)["static_resources"]["clusters"]
+    hosts = [
+        endpoint["endpoint"]["address"]["socket_address"]["address"]
+        for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert hosts == ["xds.example.svc", "10.0.0.7"]
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["sni"] == "xds.example.svc"
+    common = tls["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["tls_certificates"] == [
+        {
+            "certificate_chain": {"filename": "/etc/xds/tls.crt"},
+            "private_key": {"filename": "/etc/xds/tls.key"},
+        }
+    ]
+    assert common["validation_context"] == {
+        "trusted_ca": {"filename": "/etc/xds/ca.crt"},
+        "match_typed_subject_alt_names": [
+            {"san_type": "DNS", "matcher": {"exact": "xds.example.svc"}}
+        ],
+    }

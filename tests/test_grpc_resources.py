@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import health_check_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
 
 from xds_ingress import ir
@@ -31,6 +32,8 @@ TUNED = ir.RoutePolicy(
     retry_on=("cancelled", "resource-exhausted", "unavailable"),
     num_retries=3,
 )
+
+GUARDED = ir.RoutePolicy(hash_header="x-user", grpc_only=True, client_certificate_required=True)
 
 
 def route(name: str, value: str, backend: str, policy: ir.RoutePolicy) -> ir.Route:
@@ -49,6 +52,7 @@ def every_option() -> ir.Config:
         routes=(
             route("default", "/pkg.Default", "tls", ir.RoutePolicy()),
             route("tuned", "/pkg.Tuned", "checked", TUNED),
+            route("hashed", "/hashed", "hashed", GUARDED),
             route(
                 "no-retries", "/", "web", ir.RoutePolicy(num_retries=0, stream_idle_timeout_ms=0)
             ),
@@ -93,6 +97,18 @@ def every_option() -> ir.Config:
                 name="web",
                 protocol=ir.UpstreamProtocol.HTTP1,
                 endpoints=(ir.Endpoint("10.0.0.4", 8080),),
+            ),
+            ir.Backend(
+                name="hashed",
+                protocol=ir.UpstreamProtocol.H2C,
+                endpoints=(ir.Endpoint("10.0.0.5", 50051),),
+                load_balancer=ir.LoadBalancer.RING_HASH,
+            ),
+            ir.Backend(
+                name="least",
+                protocol=ir.UpstreamProtocol.H2C,
+                endpoints=(ir.Endpoint("10.0.0.6", 50051),),
+                load_balancer=ir.LoadBalancer.LEAST_REQUEST,
             ),
         ),
     )
@@ -230,7 +246,9 @@ def test_listeners_bound_connection_age_and_run_grpc_web_and_stats_before_the_ro
     ]
     stats = grpc_stats_pb2.FilterConfig()
     assert manager.http_filters[1].typed_config.Unpack(stats)
-    assert stats.stats_for_all_methods.value
+    # Per cluster, never per client-named method: see http_filters.py.
+    assert stats.HasField("stats_for_all_methods")
+    assert not stats.stats_for_all_methods.value
     assert stats.emit_filter_state
     assert manager.common_http_protocol_options.max_connection_duration.seconds == 120
     assert manager.drain_timeout.seconds == 3
@@ -254,3 +272,82 @@ def test_https_listeners_get_the_same_limits() -> None:
     manager = hcm(message)
     assert manager.common_http_protocol_options.max_connection_duration.seconds == 600
     assert [f.name for f in manager.http_filters][-1] == "envoy.filters.http.router"
+
+
+def all_routes(built: dict[str, dict[str, Any]]) -> list[Any]:
+    (vhost,) = built[types.ROUTE]["http"].virtual_hosts
+    return list(vhost.routes)
+
+
+def test_guards_come_right_before_their_route(built: dict[str, dict[str, Any]]) -> None:
+    assert [r.name for r in all_routes(built)] == [
+        # "/pkg.Default" names a gRPC service: gRPC only by its path.
+        "default/not-grpc",
+        "default",
+        "tuned/not-grpc",
+        "tuned",
+        "hashed/client-certificate-required",
+        "hashed/not-grpc",
+        "hashed",
+        "no-retries",
+    ]
+    by_name = {r.name: r for r in all_routes(built)}
+    certificate = by_name["hashed/client-certificate-required"]
+    assert certificate.match.path_separated_prefix == "/hashed"
+    assert certificate.match.tls_context.HasField("validated")
+    assert not certificate.match.tls_context.validated.value
+    assert certificate.direct_response.status == 403
+    not_grpc = by_name["hashed/not-grpc"]
+    assert not_grpc.match.path_separated_prefix == "/hashed"
+    method, content_type = not_grpc.match.headers
+    assert (method.name, method.string_match.exact, method.invert_match) == (
+        ":method",
+        "OPTIONS",
+        True,
+    )
+    assert content_type.name == "content-type"
+    assert content_type.string_match.prefix == "application/grpc"
+    assert content_type.string_match.ignore_case
+    assert content_type.invert_match and content_type.treat_missing_header_as_empty
+    assert not_grpc.direct_response.status == 415
+    assert "gRPC only" in not_grpc.direct_response.body.inline_string
+
+
+def test_ring_hash_hashes_the_header_and_clusters_take_their_balancer(
+    built: dict[str, dict[str, Any]],
+) -> None:
+    (hash_policy,) = routes(built)["hashed"].hash_policy
+    assert hash_policy.header.header_name == "x-user"
+    assert not routes(built)["default"].hash_policy
+    clusters = built[types.CLUSTER]
+    assert clusters["hashed"].lb_policy == cluster_pb2.Cluster.RING_HASH
+    assert clusters["least"].lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+    assert clusters["web"].lb_policy == cluster_pb2.Cluster.ROUND_ROBIN
+
+
+CA = ir.CaBundle(name="default/backend-ca/ca.crt", ca_pem="-----BEGIN CERTIFICATE-----\n")
+
+
+def test_a_verified_backend_names_its_ca_over_sds_and_checks_the_sni() -> None:
+    backend = ir.Backend(
+        name="verified",
+        protocol=ir.UpstreamProtocol.H2,
+        endpoints=(),
+        tls=ir.UpstreamTls(sni="greeter.default.svc", ca=CA),
+    )
+    built = ResourceBuilder().build(ir.Config(backends=(backend,)))
+    context = tls_pb2.UpstreamTlsContext()
+    assert built[types.CLUSTER]["verified"].transport_socket.typed_config.Unpack(context)
+    combined = context.common_tls_context.combined_validation_context
+    assert combined.validation_context_sds_secret_config.name == CA.name
+    assert combined.validation_context_sds_secret_config.sds_config.HasField("ads")
+    (san,) = combined.default_validation_context.match_typed_subject_alt_names
+    assert (san.san_type, san.matcher.exact) == (
+        common_pb2.SubjectAltNameMatcher.DNS,
+        "greeter.default.svc",
+    )
+    # The CA travels as an SDS Secret of its own, never inline in the cluster.
+    secret = built[types.SECRET][CA.name]
+    assert secret.validation_context.trusted_ca.inline_string == CA.ca_pem
+    assert CA.ca_pem not in str(built[types.CLUSTER]["verified"])
+    assert CA.ca_pem not in repr(CA)

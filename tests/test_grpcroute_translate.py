@@ -413,10 +413,10 @@ def test_claim_classless_takes_any_gateway_and_reports_missing_ones() -> None:
     assert ("Accepted", "False", "NoMatchingParent") in conditions(translation, "lost")
 
 
-def test_tls_listeners_are_not_yet_supported() -> None:
+def test_tls_passthrough_listeners_are_not_supported() -> None:
     translation = run(
         gateway_class(),
-        gateway("gw", listener("https", protocol="HTTPS")),
+        gateway("gw", listener("tls", protocol="TLS")),
         service("a"),
         grpc_route("r", grpc_rule(backends=[backend_ref("a")])),
     )
@@ -425,16 +425,29 @@ def test_tls_listeners_are_not_yet_supported() -> None:
         translation, "gw", kind="Gateway"
     )
     assert ("Accepted", "False", "NotAllowedByListeners") in conditions(translation, "r")
-    assert "not yet supported" in messages(translation, "r")
+    assert "'TLS' is not supported" in messages(translation, "r")
 
 
-def test_httproutes_on_our_gateways_are_reported_as_not_yet_supported() -> None:
+def test_https_listeners_without_certificates_take_no_routes() -> None:
+    translation = run(
+        gateway_class(),
+        gateway("gw", listener("https", protocol="HTTPS")),
+        service("a"),
+        grpc_route("r", grpc_rule(backends=[backend_ref("a")])),
+    )
+    assert routing(translation) == {}
+    assert translation.config.https_listeners == ()
+    assert ("Accepted", "False", "InvalidCertificateRef") in conditions(
+        translation, "gw", kind="Gateway"
+    )
+    assert ("Accepted", "False", "NotAllowedByListeners") in conditions(translation, "r")
+
+
+def test_httproutes_on_our_gateways_are_served() -> None:
     http_route = {**grpc_route("h", grpc_rule(backends=[backend_ref("a")])), "kind": "HTTPRoute"}
     translation = run(*BASE, http_route)
-    assert routing(translation) == {}
-    assert conditions(translation, "h", kind="HTTPRoute") == {
-        ("Accepted", "False", "UnsupportedValue")
-    }
+    assert routing(translation) == {"*": [("Prefix", "/", "default/a:50051")]}
+    assert conditions(translation, "h", kind="HTTPRoute") == OK
 
 
 # --- bad input ----------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -32,6 +33,8 @@ from udpa.annotations import sensitive_pb2
 from xds_ingress.admin.v1 import admin_pb2, admin_pb2_grpc
 from xds_ingress.cache import DEFAULT_GROUP, Snapshot, SnapshotCache, build_snapshot
 from xds_ingress.resources import types
+from xds_ingress.server.blame import blamed, mentions
+from xds_ingress.server.conditions import ObjectCondition, RejectedBy
 from xds_ingress.server.grpc_server import inspection_services, start_grpc_server
 from xds_ingress.server.redact import REDACTED, SENSITIVE_TEXT_FIELDS, Redactor, redact_text
 from xds_ingress.server.services import XdsServer
@@ -44,24 +47,45 @@ ADMIN = "/xds_ingress.admin.v1.Admin"
 CSDS = "/envoy.service.status.v3.ClientStatusDiscoveryService"
 
 
+class Conditions:
+    """A ConditionSource whose conditions the test sets."""
+
+    def __init__(self) -> None:
+        self.held: list[ObjectCondition] = []
+
+    def object_conditions(self) -> list[ObjectCondition]:
+        return self.held
+
+
 @dataclass
 class Served:
     cache: SnapshotCache
     xds: XdsServer
     channel: grpc.aio.Channel
     target: str
+    conditions: Conditions
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     cache = SnapshotCache()
     xds = XdsServer(cache=cache)
+    conditions = Conditions()
     server, port = await start_grpc_server(
-        services=(xds, *inspection_services(cache=cache, registry=xds.registry)),
+        services=(
+            xds,
+            *inspection_services(cache=cache, registry=xds.registry, conditions=conditions),
+        ),
         address="127.0.0.1:0",
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield Served(cache=cache, xds=xds, channel=channel, target=f"127.0.0.1:{port}")
+    yield Served(
+        cache=cache,
+        xds=xds,
+        channel=channel,
+        target=f"127.0.0.1:{port}",
+        conditions=conditions,
+    )
     await channel.close(None)
     await server.stop(grace=None)
 
@@ -171,6 +195,9 @@ async def dump_everything(served: Served) -> list[bytes]:
     dumps: list[bytes] = []
     channel = served.channel
     dumps.append(await unary_bytes(channel, f"{ADMIN}/ListNodes", admin_pb2.ListNodesRequest()))
+    dumps.append(
+        await unary_bytes(channel, f"{ADMIN}/ListConditions", admin_pb2.ListConditionsRequest())
+    )
     for request in (
         admin_pb2.GetSnapshotRequest(),
         admin_pb2.GetSnapshotRequest(node_id=NODE.id),
@@ -199,6 +226,7 @@ async def dump_everything(served: Served) -> list[bytes]:
         ("xds_ingress.admin.v1.Admin/GetSnapshot", "{}"),
         ("envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus", "{}"),
         ("xds_ingress.admin.v1.Admin/ListNodes", "{}"),
+        ("xds_ingress.admin.v1.Admin/ListConditions", "{}"),
     ):
         code, out, err = await run_grpcurl(["-plaintext", "-d", data, served.target, method])
         assert code == 0, err
@@ -246,6 +274,29 @@ async def test_no_key_material_leaves_through_inspection_or_logs(
         return served.xds.metrics.nack_count(types.SECRET) == 1
 
     await wait_until(nacked, message="the NACK recorded")
+    # Condition texts carry what translation and Envoy said, quotes included.
+    served.conditions.held.append(
+        ObjectCondition(
+            kind="Secret",
+            namespace="demo",
+            name="tls",
+            source="",
+            type="Programmed",
+            status="False",
+            reason="Rejected",
+            message=f"Envoy rejected secret demo/tls: {quoted}",
+            rejections=(
+                RejectedBy(
+                    node_id=NODE.id,
+                    group=NODE.cluster,
+                    type_url=types.SECRET,
+                    resource_name="demo/tls",
+                    version="v1",
+                    message=quoted,
+                ),
+            ),
+        )
+    )
     dumps = await dump_everything(served)
     logs = "\n".join(record.getMessage() for record in caplog.records).encode()
     for secret in keys.secrets():
@@ -309,74 +360,190 @@ def test_a_resource_without_secrets_is_returned_as_sent() -> None:
 # ------------------------------------------------------------------ CSDS
 
 
-async def test_csds_state_of_the_world_nack_marks_only_the_changed_resources(
+async def sotw_response(envoy: FakeEnvoy) -> discovery_pb2.DiscoveryResponse:
+    response = await envoy.recv()
+    assert isinstance(response, discovery_pb2.DiscoveryResponse)
+    return response
+
+
+def timeouts(response: discovery_pb2.DiscoveryResponse) -> dict[str, int]:
+    """Cluster name -> connect_timeout seconds: which version of each was sent."""
+    found = {}
+    for packed in response.resources:
+        message = cluster_pb2.Cluster()
+        packed.Unpack(message)
+        found[message.name] = message.connect_timeout.seconds
+    return found
+
+
+async def ack(envoy: FakeEnvoy, response: discovery_pb2.DiscoveryResponse) -> None:
+    await envoy.call.write(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.CLUSTER,
+            version_info=response.version_info,
+            response_nonce=response.nonce,
+        )
+    )
+
+
+async def nack(
+    envoy: FakeEnvoy, response: discovery_pb2.DiscoveryResponse, *, keeps: str, message: str
+) -> None:
+    await envoy.call.write(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.CLUSTER,
+            version_info=keeps,
+            response_nonce=response.nonce,
+            error_detail=status_pb2.Status(code=3, message=message),
+        )
+    )
+
+
+async def csds_clusters(served: Served) -> dict[str, Any]:
+    stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(served.channel)
+    response = await stub.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=5)
+    (client,) = response.config
+    return {config.name: config for config in client.generic_xds_configs}
+
+
+def clusters(**timeouts: int) -> Snapshot:
+    return build_snapshot(
+        {types.CLUSTER: {name: cluster(name, timeout_seconds=t) for name, t in timeouts.items()}}
+    )
+
+
+async def test_sotw_nack_holds_back_only_the_named_resource_until_it_changes(
     served: Served,
 ) -> None:
-    served.cache.set_snapshot(
-        "edge", build_snapshot({types.CLUSTER: {"a": cluster("a"), "b": cluster("b")}})
-    )
+    served.cache.set_snapshot("edge", clusters(a=1, b=1))
     envoy = FakeEnvoy(
         ads_pb2_grpc.AggregatedDiscoveryServiceStub(served.channel).StreamAggregatedResources()
     )
     await envoy.call.write(discovery_pb2.DiscoveryRequest(node=NODE, type_url=types.CLUSTER))
-    first = await envoy.recv()
-    assert isinstance(first, discovery_pb2.DiscoveryResponse)
-    await envoy.call.write(
-        discovery_pb2.DiscoveryRequest(
-            type_url=types.CLUSTER, version_info=first.version_info, response_nonce=first.nonce
-        )
-    )
+    first = await sotw_response(envoy)
+    await ack(envoy, first)
 
-    async def acked() -> bool:
+    async def acked(response: discovery_pb2.DiscoveryResponse) -> bool:
+        (status,) = list(served.xds.registry)
+        return bool(status.of_type(types.CLUSTER).acked_version == response.version_info)
+
+    # An ACK that crosses a newer response has a stale nonce and is ignored.
+    await wait_until(lambda: acked(first), message="the first response ACKed")
+    # b changes and c appears; the Envoy rejects that response, naming b
+    # (and a word, "cluster", that contains the name "c").
+    served.cache.set_snapshot("edge", clusters(a=1, b=2, c=1))
+    second = await sotw_response(envoy)
+    assert timeouts(second) == {"a": 1, "b": 2, "c": 1}
+    await nack(envoy, second, keeps=first.version_info, message="cluster b: no")
+    # At once, the rest of that response again, with b as the Envoy accepted it.
+    third = await sotw_response(envoy)
+    assert timeouts(third) == {"a": 1, "b": 1, "c": 1}
+    assert third.version_info not in (first.version_info, second.version_info)
+    await ack(envoy, third)
+    await wait_until(lambda: acked(third), message="the held-back response ACKed")
+
+    by_name = await csds_clusters(served)
+    for name in ("a", "c"):
+        assert by_name[name].client_status == config_dump_shared_pb2.ACKED, name
+        assert by_name[name].config_status == csds_pb2.SYNCED, name
+    rejected = by_name["b"]
+    # NACKED against the snapshot's version, though the Envoy ACKed the old one.
+    assert rejected.client_status == config_dump_shared_pb2.NACKED
+    assert rejected.config_status == csds_pb2.ERROR
+    assert rejected.error_state.details == "cluster b: no"
+    snapshot = served.cache.current("edge")
+    assert snapshot is not None
+    assert (
+        rejected.error_state.version_info == snapshot.of_type(types.CLUSTER).resources["b"].version
+    )
+    failed = cluster_pb2.Cluster()
+    rejected.error_state.failed_configuration.Unpack(failed)
+    assert failed.connect_timeout.seconds == 2
+    # It runs the version it accepted, which the snapshot no longer holds.
+    assert rejected.version_info and not rejected.HasField("xds_config")
+
+    # ListNodes says what this Envoy is held back on.
+    nodes = await admin_pb2_grpc.AdminStub(served.channel).ListNodes(
+        admin_pb2.ListNodesRequest(), timeout=5
+    )
+    (cluster_status,) = nodes.nodes[0].types
+    assert list(cluster_status.held_back) == ["b"]
+    assert list(cluster_status.last_nack.resource_names) == ["b"]
+
+    # Other changes keep flowing, b still held back.
+    served.cache.set_snapshot("edge", clusters(a=1, b=2, c=1, d=1))
+    fourth = await sotw_response(envoy)
+    assert timeouts(fourth) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    await ack(envoy, fourth)
+    await wait_until(lambda: acked(fourth), message="the fourth response ACKed")
+    assert (await csds_clusters(served))["b"].client_status == config_dump_shared_pb2.NACKED
+
+    # The fix: b changes, is sent, is accepted.
+    served.cache.set_snapshot("edge", clusters(a=1, b=3, c=1, d=1))
+    fifth = await sotw_response(envoy)
+    assert timeouts(fifth) == {"a": 1, "b": 3, "c": 1, "d": 1}
+    await ack(envoy, fifth)
+    await wait_until(lambda: acked(fifth), message="the fix ACKed")
+    by_name = await csds_clusters(served)
+    assert all(c.client_status == config_dump_shared_pb2.ACKED for c in by_name.values())
+    nodes = await admin_pb2_grpc.AdminStub(served.channel).ListNodes(
+        admin_pb2.ListNodesRequest(), timeout=5
+    )
+    assert not nodes.nodes[0].types[0].held_back
+    assert all(c.config_status == csds_pb2.SYNCED for c in by_name.values())
+    # Healthy again: back on the body every stream shares.
+    assert fifth.version_info == served.cache.current("edge").of_type(types.CLUSTER).version  # type: ignore[union-attr]
+    envoy.close()
+
+
+async def test_sotw_nack_naming_nothing_holds_back_everything_it_changed(
+    served: Served,
+) -> None:
+    served.cache.set_snapshot("edge", clusters(a=1, b=1))
+    envoy = FakeEnvoy(
+        ads_pb2_grpc.AggregatedDiscoveryServiceStub(served.channel).StreamAggregatedResources()
+    )
+    await envoy.call.write(discovery_pb2.DiscoveryRequest(node=NODE, type_url=types.CLUSTER))
+    first = await sotw_response(envoy)
+    await ack(envoy, first)
+
+    async def first_acked() -> bool:
         (status,) = list(served.xds.registry)
         return bool(status.of_type(types.CLUSTER).acked_version == first.version_info)
 
-    # An ACK that crosses a newer response has a stale nonce and is ignored.
-    await wait_until(acked, message="the first response ACKed")
-    # b changes and c appears; the Envoy rejects that response.
-    served.cache.set_snapshot(
-        "edge",
-        build_snapshot(
-            {
-                types.CLUSTER: {
-                    "a": cluster("a"),
-                    "b": cluster("b", timeout_seconds=2),
-                    "c": cluster("c"),
-                }
-            }
-        ),
-    )
-    second = await envoy.recv()
-    assert isinstance(second, discovery_pb2.DiscoveryResponse)
-    await envoy.call.write(
-        discovery_pb2.DiscoveryRequest(
-            type_url=types.CLUSTER,
-            version_info=first.version_info,
-            response_nonce=second.nonce,
-            error_detail=status_pb2.Status(code=3, message="cluster b: no"),
+    await wait_until(first_acked, message="the first response ACKed")
+    served.cache.set_snapshot("edge", clusters(a=1, b=2, c=1))
+    second = await sotw_response(envoy)
+    await nack(envoy, second, keeps=first.version_info, message="something went wrong")
+    # b back to what was accepted; c, never accepted, left out.
+    third = await sotw_response(envoy)
+    assert timeouts(third) == {"a": 1, "b": 1}
+    await ack(envoy, third)
+
+    async def reported() -> bool:
+        by_name = await csds_clusters(served)
+        return by_name["a"].client_status == config_dump_shared_pb2.ACKED and all(
+            by_name[name].client_status == config_dump_shared_pb2.NACKED for name in ("b", "c")
         )
-    )
 
-    stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(served.channel)
-
-    async def nacked() -> bool:
-        return served.xds.metrics.nack_count(types.CLUSTER) == 1
-
-    await wait_until(nacked, message="the NACK recorded")
-    response = await stub.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=5)
-    (client,) = response.config
-    by_name = {config.name: config for config in client.generic_xds_configs}
-    assert by_name["a"].client_status == config_dump_shared_pb2.ACKED
-    assert by_name["a"].config_status == csds_pb2.SYNCED
-    for name in ("b", "c"):
-        assert by_name[name].client_status == config_dump_shared_pb2.NACKED, name
-        assert by_name[name].config_status == csds_pb2.ERROR
-        assert by_name[name].error_state.details == "cluster b: no"
-        assert by_name[name].error_state.failed_configuration.type_url == types.CLUSTER
-    # b's accepted version is no longer in the snapshot; c never was accepted.
-    assert by_name["b"].version_info and not by_name["b"].HasField("xds_config")
-    assert by_name["c"].version_info == ""
+    await wait_until(reported, message="b and c NACKED, a ACKED")
+    # Nothing more to say until something changes: no resend loop.
+    await asyncio.sleep(0.3)
+    assert envoy.received.empty()
+    assert served.xds.metrics.nack_count(types.CLUSTER) == 1
     envoy.close()
+
+
+def test_blame_matches_names_on_their_boundaries() -> None:
+    assert mentions("Error adding/updating cluster(s) demo/a:50051: bad", "demo/a:50051")
+    assert mentions('name: "c"\nconnect_timeout', "c")
+    assert mentions("cluster c.", "c")
+    assert not mentions("cluster", "c")
+    assert not mentions("cluster(s) demo/a:50051: bad", "demo/a:5005")
+    assert not mentions("cluster(s) demo/a:50051: bad", "a:50051")
+    assert not mentions("cluster(s) x.c.y", "c")
+    assert blamed("cluster b: no", ["a", "b", "c"]) == {"b"}
+    assert blamed("cluster: no", ["b", "c"]) == {"b", "c"}
 
 
 # ------------------------------------------------------------------ slow watchers

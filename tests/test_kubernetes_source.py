@@ -13,6 +13,7 @@ against a cluster named by KUBECONFIG.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from xds_ingress.settings import KUBERNETES_SOURCE, HostPort, ServeSettings
 from xds_ingress.sources.backoff import Backoff
 from xds_ingress.sources.kube_client import load_configuration
 from xds_ingress.sources.kubernetes import KubernetesSource
-from xds_ingress.sources.objects import SERVICE, KubeObject, ObjectKey
+from xds_ingress.sources.objects import SECRET, SERVICE, KubeObject, ObjectKey
 from xds_ingress.store import Change, Store
 from xds_ingress.translate.backends import backend_name
 from xds_ingress.translate.settings import DEFAULT_CONTROLLER_NAME
@@ -55,6 +56,13 @@ CONTROL_PLANE_RULES: tuple[Mapping[str, Any], ...] = (
     {
         "apiGroups": ["discovery.k8s.io"],
         "resources": ["endpointslices"],
+        "verbs": ["list", "watch"],
+    },
+    # Without the CRDs these lists answer 404, which holds nothing up;
+    # without the permission they would answer 403, which does.
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["gatewayclasses", "gateways", "grpcroutes", "httproutes", "referencegrants"],
         "verbs": ["list", "watch"],
     },
 )
@@ -570,3 +578,63 @@ def test_serve_rejects_bad_kubernetes_flags(
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+async def test_tls_and_ca_secrets_are_read_and_other_secrets_never_stored(
+    objects: Objects, control_plane_kubeconfig: Path
+) -> None:
+    namespace = objects.namespace
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    for name, secret_type, data in (
+        ("serving", "kubernetes.io/tls", {"tls.crt": pem, "tls.key": pem}),
+        ("client-ca", "Opaque", {"ca.crt": pem}),
+        ("database-password", "Opaque", {"password": pem}),
+    ):
+        objects.core.create_namespaced_secret(
+            namespace,
+            {"metadata": {"name": name}, "type": secret_type, "data": data},
+        )
+    # An Ingress naming all three, so none is merely parked as unreferenced.
+    objects.networking.create_namespaced_ingress(
+        namespace,
+        {
+            "metadata": {
+                "name": "uses-secrets",
+                "annotations": {
+                    "xds-ingress.io/client-ca-secret": "client-ca",
+                    "xds-ingress.io/backend-ca-secret": "database-password",
+                },
+            },
+            "spec": {
+                "ingressClassName": "not-ours",
+                "tls": [{"secretName": "serving"}],
+                "defaultBackend": {"service": {"name": "x", "port": {"number": 80}}},
+            },
+        },
+    )
+    store = Store()
+    async with running_source(kubeconfig=control_plane_kubeconfig, namespace=namespace, sink=store):
+        await wait_until(
+            lambda: store.view().get(SECRET, namespace, "client-ca") is not None,
+            timeout=15.0,
+            message="the CA Secret in the store",
+        )
+        assert store.view().get(SECRET, namespace, "serving") is not None
+        assert store.view().get(SECRET, namespace, "database-password") is None
+        # A Secret that gains ca.crt is read; one that loses it is dropped.
+        objects.core.patch_namespaced_secret(
+            "database-password", namespace, {"data": {"ca.crt": pem}}
+        )
+        await wait_until(
+            lambda: store.view().get(SECRET, namespace, "database-password") is not None,
+            timeout=15.0,
+            message="the Secret once it has a ca.crt",
+        )
+        objects.core.patch_namespaced_secret(
+            "client-ca", namespace, [{"op": "remove", "path": "/data/ca.crt"}]
+        )
+        await wait_until(
+            lambda: store.view().get(SECRET, namespace, "client-ca") is None,
+            timeout=15.0,
+            message="the Secret dropped once its ca.crt is gone",
+        )

@@ -11,9 +11,14 @@ ingress.yaml, as test_end_to_end does for clusters.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import grpc
 import pytest
+from envoy.admin.v3 import config_dump_shared_pb2
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from ingress_harness import (
     NAMESPACE,
     Ingress,
@@ -30,6 +35,7 @@ from xds_ingress import ir
 from xds_ingress.cache import DEFAULT_GROUP, make_resource, snapshot_from_resources
 from xds_ingress.demo.backend import GreeterBackend
 from xds_ingress.resources import types
+from xds_ingress.resources.builder import ResourceBuilder, Resources
 from xds_ingress.server.observer import Answer, Rejection
 from xds_ingress.sources.objects import parse_object
 from xds_ingress.status import StatusStage, origins
@@ -160,6 +166,27 @@ def test_a_nack_is_held_per_stream_until_that_stream_acks_the_resource(
     assert "Ingress demo/other (other.yaml): Envoy accepted its configuration again" in lines
 
 
+def test_an_ack_of_a_held_back_older_version_is_no_fix() -> None:
+    stage = StatusStage()
+    stage.built(site_translation())
+    cluster = "demo/greeter-b:50051"
+    stage.nacked(rejection(1, types.CLUSTER, {cluster: "v2"}))
+    # State of the world resends the version the Envoy accepted before.
+    stage.acked(
+        Answer(
+            stream_id=1,
+            node_id="envoy-1",
+            group="test",
+            type_url=types.CLUSTER,
+            resources={cluster: "v1", "demo/greeter-a:50051": "v1"},
+            held_back=frozenset({cluster}),
+        )
+    )
+    assert set(programmed(stage)) == {"Service/greeter-b", "Ingress/other"}
+    stage.acked(answer(1, types.CLUSTER, {cluster: "v3"}))
+    assert programmed(stage) == {}
+
+
 async def test_a_rejected_route_config_is_reported_on_its_ingress_and_heals_when_fixed(
     ingress_under_test: Ingress,
     backends: dict[str, GreeterBackend],
@@ -226,3 +253,128 @@ async def test_a_rejected_route_config_is_reported_on_its_ingress_and_heals_when
         == f"Ingress demo/main ({ingress_file}): Envoy accepted its configuration again"
         for r in caplog.records
     )
+
+
+class PoisonedBuilder(ResourceBuilder):
+    """Builds as usual, then breaks the clusters named in `poisoned`.
+
+    Stands in for a user mistake that got through translation (see the module
+    docstring): a negative connect timeout, which Envoy's validation refuses,
+    kept in every build until `poisoned` is emptied (the fix).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poisoned: set[str] = set()
+
+    def build(self, config: ir.Config) -> Resources:
+        built = super().build(config)
+        for name in self.poisoned & set(built[types.CLUSTER]):
+            bad = cluster_pb2.Cluster()
+            bad.CopyFrom(built[types.CLUSTER][name])  # the built one is memoised: no edits
+            bad.connect_timeout.seconds = -1
+            built[types.CLUSTER][name] = bad
+        return built
+
+
+async def csds_cluster(under_test: Ingress, name: str) -> Any:
+    """CSDS's status of cluster `name`, asked on the xDS port as an operator would."""
+    assert under_test.control_plane is not None
+    target = f"127.0.0.1:{under_test.control_plane.port}"
+    channel = (
+        grpc.aio.secure_channel(target, under_test.pki.channel_credentials())
+        if under_test.mtls
+        else grpc.aio.insecure_channel(target)
+    )
+    async with channel:
+        stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+        response = await stub.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=5)
+    (client,) = response.config
+    return next(
+        c for c in client.generic_xds_configs if c.type_url == types.CLUSTER and c.name == name
+    )
+
+
+async def test_a_rejected_cluster_is_held_back_while_other_changes_still_reach_envoy(
+    ingress_under_test: Ingress,
+    backends: dict[str, GreeterBackend],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In state of the world, every CDS response repeats every cluster: the bad
+    one must not get the others' changes rejected with it."""
+    config = ingress_under_test.config
+    config.write(
+        "services.yaml",
+        *(service(f"greeter-{name}") for name in "abc"),
+        *(endpoint_slice(f"greeter-{name}", backends[name].port) for name in "abc"),
+    )
+    config.write(
+        "ingress.yaml",
+        ingress(
+            "main",
+            [
+                rule("a.example.com", ("/", "Prefix", "greeter-a")),
+                rule("b.example.com", ("/", "Prefix", "greeter-b")),
+            ],
+        ),
+    )
+    control_plane = await ingress_under_test.start_control_plane()
+    builder = PoisonedBuilder()
+    # The pipeline's builder, swapped before the first build.
+    monkeypatch.setattr(control_plane.pipeline, "_builder", builder)
+    await (await ingress_under_test.start_envoy()).wait_live()
+    await routes_to(ingress_under_test, "b.example.com", "b")
+
+    bad = "demo/greeter-b:50051"
+    builder.poisoned.add(bad)
+    control_plane.pipeline.changed()
+
+    def rejected() -> list[ir.Condition]:
+        return [c for c in control_plane.status.conditions() if c.type == "Programmed"]
+
+    await wait_until(lambda: bool(rejected()), timeout=15, message="a Programmed condition")
+    assert {c.object for c in rejected()} == {ref("Service", "greeter-b"), ref("Ingress", "main")}
+    assert all(f"rejected cluster {bad}" in c.message for c in rejected())
+    nacked = await csds_cluster(ingress_under_test, bad)
+    assert nacked.client_status == config_dump_shared_pb2.NACKED
+    assert nacked.config_status == csds_pb2.ERROR
+    assert "Expected positive duration" in nacked.error_state.details
+
+    # A new backend, in a new cluster, while the bad one is still there.
+    config.write(
+        "more.yaml", ingress("more", [rule("c.example.com", ("/", "Prefix", "greeter-c"))])
+    )
+    await routes_to(ingress_under_test, "c.example.com", "c")
+    # Envoy still runs the old greeter-b cluster, and that is still no fix.
+    await routes_to(ingress_under_test, "b.example.com", "b")
+    snapshot = control_plane.cache.current(DEFAULT_GROUP)
+    assert snapshot is not None
+    await wait_until(
+        lambda: all(
+            s.of_type(types.CLUSTER).acked_version == s.of_type(types.CLUSTER).sent_version
+            for s in control_plane.xds.registry
+        ),
+        timeout=15,
+        message="the response with greeter-c ACKed",
+    )
+    assert {c.object for c in rejected()} == {ref("Service", "greeter-b"), ref("Ingress", "main")}
+    nacked = await csds_cluster(ingress_under_test, bad)
+    assert nacked.client_status == config_dump_shared_pb2.NACKED
+    assert nacked.error_state.version_info == snapshot.of_type(types.CLUSTER).resources[bad].version
+
+    # The fix (here the cluster goes back to exactly what Envoy runs): applied,
+    # ACKed at the snapshot's version, and the condition clears.
+    builder.poisoned.clear()
+    control_plane.pipeline.changed()
+    await wait_until(lambda: not rejected(), timeout=15, message="the condition cleared")
+
+    async def acked() -> bool:
+        config = await csds_cluster(ingress_under_test, bad)
+        return bool(
+            config.client_status == config_dump_shared_pb2.ACKED
+            and config.config_status == csds_pb2.SYNCED
+        )
+
+    await wait_until(acked, timeout=15, message="the fixed cluster ACKED in CSDS")
+    await routes_to(ingress_under_test, "b.example.com", "b")
+    await routes_to(ingress_under_test, "c.example.com", "c")

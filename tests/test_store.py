@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from xds_ingress.sources.objects import KubeObject, ObjectKey, parse_object
-from xds_ingress.store import Change, Store
+from xds_ingress.store import SECRET_ANNOTATIONS, Change, Store
+from xds_ingress.translate.annotations import BACKEND_CA_SECRET, CLIENT_CA_SECRET
 
 
 def service(name: str, *, ns: str = "default", port: int = 80) -> KubeObject:
@@ -211,3 +212,103 @@ def test_unsubscribe() -> None:
     unsubscribe()
     store.apply(service("a"), origin="k8s")
     assert seen == []
+
+
+def secret(name: str, *, ns: str = "default", data: str = "a") -> KubeObject:
+    return parse_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": ns},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": data, "tls.key": data},
+        }
+    )
+
+
+def test_a_secret_nothing_references_is_out_of_sight_and_costs_no_rebuild() -> None:
+    store = Store()
+    changes = Recorder(store)
+    store.apply(secret("unused"), origin="k8s")
+    store.apply(secret("unused", data="b"), origin="k8s")
+    assert changes.changes == []
+    assert store.view().get("Secret", "default", "unused") is None
+    # Referenced: shown, in the same change as the Ingress that names it.
+    store.apply(tls_ingress("web", "unused"), origin="k8s")
+    assert changes.changes[-1].keys == {
+        ObjectKey("Ingress", "default", "web"),
+        ObjectKey("Secret", "default", "unused"),
+    }
+    shown = store.view().get("Secret", "default", "unused")
+    assert shown is not None and shown.body["data"]["tls.crt"] == "b"
+    # Its changes count now; when the last reference goes, it is hidden again.
+    store.apply(secret("unused", data="c"), origin="k8s")
+    assert changes.kinds()[-1] == {"Secret"}
+    store.apply(tls_ingress("web"), origin="k8s")
+    assert ObjectKey("Secret", "default", "unused") in changes.changes[-1].keys
+    assert store.view().get("Secret", "default", "unused") is None
+    # Deleted while hidden: gone, and a later reference finds nothing.
+    store.delete(ObjectKey("Secret", "default", "unused"), origin="k8s")
+    store.apply(tls_ingress("web", "unused"), origin="k8s")
+    assert store.view().get("Secret", "default", "unused") is None
+
+
+def test_secret_references_from_annotations_and_gateway_listeners() -> None:
+    store = Store()
+    for name in ("client-ca", "backend-ca", "gw-cert", "shared-cert"):
+        store.apply(secret(name), origin="k8s")
+    store.apply(secret("shared-cert", ns="certs"), origin="k8s")
+    store.apply(
+        parse_object(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": {
+                    "name": "api",
+                    "annotations": {
+                        "xds-ingress.io/client-ca-secret": "client-ca",
+                        "xds-ingress.io/backend-ca-secret": " backend-ca ",
+                    },
+                },
+            }
+        ),
+        origin="k8s",
+    )
+    store.apply(
+        parse_object(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": {"name": "gw", "namespace": "default"},
+                "spec": {
+                    "listeners": [
+                        {"name": "a", "tls": {"certificateRefs": [{"name": "gw-cert"}]}},
+                        {
+                            "name": "b",
+                            "tls": {
+                                "certificateRefs": [
+                                    {"kind": "Secret", "name": "shared-cert", "namespace": "certs"},
+                                    {"kind": "ConfigMap", "name": "shared-cert"},
+                                ]
+                            },
+                        },
+                    ]
+                },
+            }
+        ),
+        origin="k8s",
+    )
+    view = store.view()
+    for namespace, name in (
+        ("default", "client-ca"),
+        ("default", "backend-ca"),
+        ("default", "gw-cert"),
+        ("certs", "shared-cert"),
+    ):
+        assert view.get("Secret", namespace, name) is not None, (namespace, name)
+    # A ConfigMap ref names no Secret.
+    assert view.get("Secret", "default", "shared-cert") is None
+
+
+def test_the_store_knows_every_secret_annotation_translate_reads() -> None:
+    assert set(SECRET_ANNOTATIONS) == {BACKEND_CA_SECRET, CLIENT_CA_SECRET}

@@ -305,3 +305,50 @@ def test_the_static_bootstrap_names_static_secrets(built: dict[str, dict[str, An
     for chain in built[types.LISTENER]["https"].filter_chains:
         (sds,) = _tls_context(chain).common_tls_context.tls_certificate_sds_secret_configs
         assert sds.HasField("sds_config")
+
+
+def test_client_validation_names_the_ca_over_sds_on_a_chain_of_its_own() -> None:
+    ca_bundle = ir.CaBundle(name="default/clients/ca.crt", ca_pem="-----BEGIN CERTIFICATE-----\n")
+
+    def chain(server_name: str, *, required: bool | None) -> ir.TlsFilterChain:
+        validation = None
+        if required is not None:
+            validation = ir.ClientValidation(ca=ca_bundle, required=required)
+        suffix = "" if required is None else f"+{required}"
+        return ir.TlsFilterChain(
+            certificate="default/site",
+            server_names=(server_name,),
+            route_config=f"https/default/site{suffix}",
+            client_validation=validation,
+        )
+
+    listener = ir.HttpsListener(
+        name="https",
+        address="127.0.0.1",
+        port=8443,
+        filter_chains=(
+            chain("public.test", required=None),
+            chain("secure.test", required=True),
+            chain("relaxed.test", required=False),
+        ),
+    )
+    built = ResourceBuilder().build(ir.Config(https_listeners=(listener,)))
+    message = built[types.LISTENER]["https"]
+    # Names are unique even though the three share a certificate.
+    assert [c.name for c in message.filter_chains] == [
+        "default/site",
+        "https/default/site+True",
+        "https/default/site+False",
+    ]
+    public, secure, relaxed = (_tls_context(c) for c in message.filter_chains)
+    assert not public.common_tls_context.HasField("validation_context_sds_secret_config")
+    assert not public.HasField("require_client_certificate")
+    for context, required in ((secure, True), (relaxed, False)):
+        sds = context.common_tls_context.validation_context_sds_secret_config
+        assert (sds.name, sds.sds_config.HasField("ads")) == (ca_bundle.name, True)
+        assert context.require_client_certificate.value is required
+    # The CA is sent once, as a validation-context secret; never in the listener.
+    assert built[types.SECRET][ca_bundle.name].validation_context.trusted_ca.inline_string == (
+        ca_bundle.ca_pem
+    )
+    assert "BEGIN CERTIFICATE" not in str(message)

@@ -683,3 +683,134 @@ def test_a_secret_is_parsed_once_per_content(
     translated(tls_secret("wildcard", ca.issue("*.example.com")))
     translated(tls_secret("gone", wildcard))
     assert sorted(parsed) == ["gone", "gone", "wildcard", "wildcard"]
+
+
+# --- client certificates (mTLS) -----------------------------------------------
+
+
+def with_client_ca(body: dict[str, Any], secret: str, mode: str | None = None) -> dict[str, Any]:
+    annotations = {"xds-ingress.io/client-ca-secret": secret}
+    if mode is not None:
+        annotations["xds-ingress.io/client-cert"] = mode
+    body["metadata"]["annotations"] = annotations
+    return body
+
+
+def ca_secret(name: str, ca: CertificateAuthority) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "Opaque",
+        "data": {"ca.crt": base64.b64encode(ca.pem).decode()},
+    }
+
+
+def validated_chains(
+    translation: ir.Translation,
+) -> dict[tuple[str, str | None, bool | None], tuple[str, ...]]:
+    """{(certificate, CA name, required): server names}."""
+    (listener,) = translation.config.https_listeners
+    found = {}
+    for chain in listener.filter_chains:
+        validation = chain.client_validation
+        key = (
+            chain.certificate,
+            None if validation is None else validation.ca.name,
+            None if validation is None else validation.required,
+        )
+        found[key] = chain.server_names
+    return found
+
+
+def test_hosts_of_one_certificate_that_differ_in_client_checks_get_a_chain_each(
+    wildcard: Issued,
+) -> None:
+    clients = CertificateAuthority("clients")
+    translation = run(
+        tls_secret("wild", wildcard),
+        ca_secret("clients", clients),
+        with_client_ca(
+            ingress("secure", rule("secure.example.com"), tls_entries=[tls("wild")]), "clients"
+        ),
+        with_client_ca(
+            ingress("relaxed", rule("relaxed.example.com"), tls_entries=[tls("wild")]),
+            "clients",
+            "optional",
+        ),
+        ingress("public", rule("public.example.com"), tls_entries=[tls("wild")]),
+    )
+    assert validated_chains(translation) == {
+        # The chain without checks also takes the wildcard's other names.
+        ("default/wild", None, None): ("*.example.com", "public.example.com"),
+        ("default/wild", "default/clients/ca.crt", True): ("secure.example.com",),
+        ("default/wild", "default/clients/ca.crt", False): ("relaxed.example.com",),
+    }
+    # Each chain routes only its own hosts; the others are misdirected (421).
+    names = {rc.name for rc in translation.config.route_configs}
+    secure_routes = "https/default/wild+client-ca=default/clients/ca.crt+required"
+    assert secure_routes in names
+    assert route_config(translation, secure_routes) == {
+        "secure.example.com": ("secure.example.com",),
+        "misdirected_request": ("*",),
+    }
+    assert route_config(translation, "https/default/wild")["misdirected_request"] == (
+        "relaxed.example.com",
+        "secure.example.com",
+        "*",
+    )
+    (ca_bundle,) = {
+        chain.client_validation.ca
+        for chain in translation.config.https_listeners[0].filter_chains
+        if chain.client_validation is not None
+    }
+    assert ca_bundle.ca_pem == clients.pem.decode()
+    for name in ("secure", "relaxed", "public"):
+        assert ("Accepted", "True", "Accepted") in {
+            (c.type, c.status.value, c.reason)
+            for c in translation.conditions
+            if c.object.name == name
+        }
+
+
+def test_client_checks_that_cannot_be_given_fail_closed_with_a_condition(
+    wildcard: Issued,
+) -> None:
+    first = CertificateAuthority("first")
+    second = CertificateAuthority("second")
+    translation = run(
+        tls_secret("wild", wildcard),
+        ca_secret("first", first),
+        ca_secret("second", second),
+        with_client_ca(
+            ingress("missing", rule("m.example.com"), tls_entries=[tls("wild")]), "nope"
+        ),
+        with_client_ca(
+            ingress("one", rule("both.example.com"), tls_entries=[tls("wild")]), "first"
+        ),
+        with_client_ca(
+            ingress("two", rule("both.example.com"), tls_entries=[tls("wild")]), "second"
+        ),
+    )
+    # No validation context for either host: their routes require a validated
+    # client certificate, which no connection then has (403).
+    assert set(validated_chains(translation)) == {("default/wild", None, None)}
+    policies = {
+        route.action.policy.client_certificate_required
+        for rc in translation.config.route_configs
+        for vhost in rc.virtual_hosts
+        for route in vhost.routes
+        if isinstance(route.action, ir.Forward)
+    }
+    assert policies == {True}
+    by_name = {
+        name: {
+            (c.type, c.status.value, c.reason)
+            for c in translation.conditions
+            if c.object.name == name
+        }
+        for name in ("missing", "one", "two")
+    }
+    assert ("ResolvedRefs", "False", "SecretNotFound") in by_name["missing"]
+    assert ("Accepted", "False", "ClientCertificateConflict") in by_name["one"]
+    assert ("Accepted", "False", "ClientCertificateConflict") in by_name["two"]

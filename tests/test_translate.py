@@ -200,6 +200,7 @@ def test_hosts_route_to_their_services_and_hostless_rules_go_to_the_catch_all() 
         name="default/a:50051",
         protocol=ir.UpstreamProtocol.H2C,
         endpoints=(ir.Endpoint(address="10.0.0.1", port=9000),),
+        endpoint_source=ir.EndpointSource(namespace="default", service="a", port_name="grpc"),
     )
     assert conditions(translation, "Ingress", "web") == {ACCEPTED}
 

@@ -23,6 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
+from peers import wait_until
 
 from xds_ingress.cache import (
     InconsistentSnapshotError,
@@ -416,3 +417,75 @@ async def test_a_delta_wildcard_subscription_is_answered_even_when_empty(xds) ->
     )
     await client.expect_silence()
     client.close()
+
+
+def static_clusters(**timeouts: int):  # type: ignore[no-untyped-def]
+    made = {}
+    for name, seconds in timeouts.items():
+        made[name] = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.STATIC)
+        made[name].connect_timeout.seconds = seconds
+    return build_snapshot({types.CLUSTER: made})
+
+
+def timeouts_of(response) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    found = {}
+    for packed in response.resources:
+        message = cluster_pb2.Cluster()
+        packed.Unpack(message)
+        found[message.name] = message.connect_timeout.seconds
+    return found
+
+
+async def test_a_sotw_stream_holding_a_rejected_cluster_leaves_others_on_the_shared_body(
+    xds,
+) -> None:  # type: ignore[no-untyped-def]
+    cache, xds_server, channel = xds
+    cache.set_snapshot("edge", static_clusters(a=1, b=1))
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    nodes = [NODE, base_pb2.Node(id="envoy-2", cluster="edge")]
+    clients = [Client(stub.StreamAggregatedResources()) for _ in nodes]
+
+    def acked_by(node_id: str) -> str:
+        (status,) = [s for s in xds_server.registry if s.node_id == node_id]
+        return str(status.of_type(types.CLUSTER).acked_version)
+
+    async def ack(client: Client, node: base_pb2.Node, response) -> None:  # type: ignore[no-untyped-def]
+        await client.send(
+            discovery_pb2.DiscoveryRequest(
+                type_url=types.CLUSTER,
+                version_info=response.version_info,
+                response_nonce=response.nonce,
+            )
+        )
+        await wait_until(lambda: acked_by(node.id) == response.version_info, message="ACKed")
+
+    for client, node in zip(clients, nodes, strict=True):
+        await client.send(discovery_pb2.DiscoveryRequest(node=node, type_url=types.CLUSTER))
+        await ack(client, node, await client.recv())
+    cache.set_snapshot("edge", static_clusters(a=1, b=2))
+    rejected, accepted = [await client.recv() for client in clients]
+    # envoy-1 rejects b; envoy-2 takes it.
+    await clients[0].send(
+        discovery_pb2.DiscoveryRequest(
+            type_url=types.CLUSTER,
+            version_info=acked_by(NODE.id),
+            response_nonce=rejected.nonce,
+            error_detail=status_pb2.Status(code=3, message="cluster b: bad"),
+        )
+    )
+    held = await clients[0].recv()
+    assert timeouts_of(held) == {"a": 1, "b": 1}
+    await ack(clients[0], nodes[0], held)
+    await ack(clients[1], nodes[1], accepted)
+
+    built = xds_server.shared_responses.built
+    cache.set_snapshot("edge", static_clusters(a=1, b=2, c=1))
+    own, shared = [await client.recv() for client in clients]
+    assert timeouts_of(own) == {"a": 1, "b": 1, "c": 1}
+    assert timeouts_of(shared) == {"a": 1, "b": 2, "c": 1}
+    current = cache.current("edge").of_type(types.CLUSTER)
+    assert shared.version_info == current.version != own.version_info
+    # One serialisation for the healthy stream; the held one built its own.
+    assert xds_server.shared_responses.built == built + 1
+    for client in clients:
+        client.close()

@@ -20,19 +20,23 @@ import grpc
 from xds_ingress import ir
 from xds_ingress.cache import DEFAULT_GROUP, SnapshotCache
 from xds_ingress.pipeline import Debounce, Pipeline
+from xds_ingress.server.credentials import server_credentials
 from xds_ingress.server.grpc_server import inspection_services, start_grpc_server
+from xds_ingress.server.metrics import XdsMetrics
 from xds_ingress.server.metrics_http import MetricsServer, follow_snapshots, start_metrics_server
 from xds_ingress.server.services import XdsServer
 from xds_ingress.settings import KUBERNETES_SOURCE, ServeSettings
 from xds_ingress.sources.file import FileSource
 from xds_ingress.sources.kube_client import load_configuration
+from xds_ingress.sources.kube_watch import WatchObserver
 from xds_ingress.sources.kubernetes import KubernetesSource
 from xds_ingress.sources.objects import KubeObject
 from xds_ingress.sources.source import Source
 from xds_ingress.status import StatusStage
 from xds_ingress.status.kube_writer import KubeStatusWriter, StatusSettings
-from xds_ingress.store import Store
+from xds_ingress.store import Store, StoreView
 from xds_ingress.translate import CertificateCache, translate
+from xds_ingress.translate.endpoint_refresh import StoreTranslator
 from xds_ingress.translate.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ class ControlPlane:
     port: int = 0
     admin_server: grpc.aio.Server | None = None
     admin_port: int = 0
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
     metrics_server: MetricsServer | None = None
     _tasks: tuple[asyncio.Task[None], ...] = ()
 
@@ -60,13 +66,18 @@ class ControlPlane:
     def from_settings(cls, settings: ServeSettings) -> ControlPlane:
         cache = SnapshotCache()
         store = Store()
-        source = _source(settings)
+        # One registry for the server's metrics and the Kubernetes watches'.
+        metrics = XdsMetrics()
+        source = _source(settings, watch_observer=metrics.kube_watch)
         status_writer = _status_writer(settings, store=store)
         listener_settings = ListenerSettings(
             listen_address=settings.listen_address,
             http_port=settings.http_port,
             https_port=settings.https_port,
             min_tls_version=ir.TlsVersion(settings.tls_min_version),
+            downstream=ir.DownstreamLimits(
+                max_connection_duration_s=settings.max_connection_duration_seconds
+            ),
             # Every object in a folder is meant for us; in a cluster an
             # Ingress is ours only by its class.
             claim_classless=isinstance(source, FileSource),
@@ -80,17 +91,19 @@ class ControlPlane:
         # Told every build (conditions, and which objects make which Envoy
         # resource) and every ACK/NACK: a NACK becomes status on the objects.
         status = StatusStage(locate=locate, sink=status_writer)
-        xds = XdsServer(cache=cache, observer=status)
+        xds = XdsServer(cache=cache, observer=status, metrics=metrics)
 
         # Parsed TLS Secrets, kept between translations: an RSA key takes
         # tens of milliseconds to check.
         certificates = CertificateCache()
 
-        def translate_store() -> ir.Translation:
-            return translate(store.view(), settings=listener_settings, certificates=certificates)
+        def translate_view(view: StoreView) -> ir.Translation:
+            return translate(view, settings=listener_settings, certificates=certificates)
 
+        translator = StoreTranslator(view=store.view, translate=translate_view)
         pipeline = Pipeline(
-            translate=translate_store,
+            translate=translator.full,
+            refresh_endpoints=translator.endpoints,
             cache=cache,
             group=DEFAULT_GROUP,
             debounce=Debounce(
@@ -100,7 +113,7 @@ class ControlPlane:
             observe_build=xds.metrics.observe_build,
             observe_translation=status.built,
         )
-        store.subscribe(lambda _change: pipeline.changed())
+        store.subscribe(pipeline.changed)
         return cls(
             settings=settings,
             cache=cache,
@@ -115,19 +128,46 @@ class ControlPlane:
     async def start(self) -> None:
         # Inspection (admin API, CSDS) is served on the xDS port, and also on
         # its own port when asked, reachable without reaching the Envoys' one.
-        inspection = inspection_services(cache=self.cache, registry=self.xds.registry)
+        inspection = inspection_services(
+            cache=self.cache, registry=self.xds.registry, conditions=self.status
+        )
+        tls = self.settings.xds_tls
+        scheme = "mTLS" if tls is not None else "plaintext (--insecure)"
         self.server, self.port = await start_grpc_server(
             services=(self.xds, *inspection),
             address=str(self.settings.xds_address),
             ready=self.pipeline.first_published,
+            # gRPC consumes a credentials object's first configuration:
+            # each port gets its own (both reload the same files).
+            credentials=server_credentials(tls) if tls is not None else None,
         )
-        log.info("xDS server listening on %s:%d", self.settings.xds_address.host, self.port)
+        log.info(
+            "xDS server listening on %s:%d, %s", self.settings.xds_address.host, self.port, scheme
+        )
         if self.settings.admin_address is not None:
             self.admin_server, self.admin_port = await start_grpc_server(
-                services=inspection, address=str(self.settings.admin_address)
+                services=inspection,
+                address=str(self.settings.admin_address),
+                credentials=server_credentials(tls) if tls is not None else None,
             )
             log.info(
-                "admin API listening on %s:%d", self.settings.admin_address.host, self.admin_port
+                "admin API listening on %s:%d, %s",
+                self.settings.admin_address.host,
+                self.admin_port,
+                scheme,
+            )
+        if self.settings.health_address is not None:
+            # Health alone, in plaintext: kubelet's gRPC probes cannot present
+            # a client certificate, and health answers say nothing secret.
+            self.health_server, self.health_port = await start_grpc_server(
+                services=(),
+                address=str(self.settings.health_address),
+                ready=self.pipeline.first_published,
+            )
+            log.info(
+                "gRPC health listening on %s:%d, plaintext",
+                self.settings.health_address.host,
+                self.health_port,
             )
         if self.settings.metrics_address is not None:
             self.metrics_server = start_metrics_server(
@@ -160,18 +200,21 @@ class ControlPlane:
             await self.server.stop(grace=1.0)
         if self.admin_server is not None:
             await self.admin_server.stop(grace=1.0)
+        if self.health_server is not None:
+            await self.health_server.stop(grace=1.0)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
 
 
-def _source(settings: ServeSettings) -> Source:
+def _source(settings: ServeSettings, *, watch_observer: WatchObserver | None = None) -> Source:
     """The folder source, or the cluster's; raises KubeConfigError without a cluster."""
     if settings.source == KUBERNETES_SOURCE:
         return KubernetesSource(
             configuration=load_configuration(kubeconfig=settings.kubeconfig),
             namespace=settings.watch_namespace,
+            observer=watch_observer,
         )
-    return FileSource(Path(settings.source))
+    return FileSource(Path(settings.source), poll_interval=settings.poll_seconds)
 
 
 def _status_writer(settings: ServeSettings, *, store: Store) -> KubeStatusWriter | None:

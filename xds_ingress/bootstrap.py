@@ -3,24 +3,38 @@
 Everything but the control plane's own cluster arrives over one ADS stream
 (incremental by default), so the bootstrap is small and the same for every
 Envoy of a node cluster apart from its node id.
+
+With `ClientTls` the connection to the control plane is mTLS: Envoy presents
+its client certificate and checks the control plane's against a CA and the
+name it dialled. The files are read from Envoy's filesystem (a mounted
+Secret in manifests/), not from the machine rendering the bootstrap.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.core.v3 import (
+    backoff_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    protocol_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
-from google.protobuf import wrappers_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
-from xds_ingress.resources.cluster import UPSTREAM_HTTP_PROTOCOL_OPTIONS
+from xds_ingress.resources.cluster import TLS_TRANSPORT_SOCKET, UPSTREAM_HTTP_PROTOCOL_OPTIONS
 from xds_ingress.resources.core import (
     ads_config_source,
     bootstrap_shell,
@@ -42,17 +56,44 @@ MAX_XDS_MESSAGE_BYTES = 64 * 1024 * 1024
 _KEEPALIVE_INTERVAL_SECONDS = 15
 _KEEPALIVE_TIMEOUT_SECONDS = 5
 _CONNECT_TIMEOUT_SECONDS = 1
+# How soon Envoy opens a new ADS stream after losing one (jittered,
+# doubling up to the maximum). Envoy's default maximum is 30 s: a control
+# plane back after a restart would wait that long for its Envoys; capped at
+# 5 s a thousand Envoys still spread their reconnects over seconds.
+_RECONNECT_BASE_MILLISECONDS = 250
+_RECONNECT_MAX_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """mTLS to the control plane, as paths in Envoy's filesystem.
+
+    `server_name` is the name the control plane's certificate must carry
+    (a DNS or IP subject alternative name) and the SNI Envoy sends; None
+    means the host of the xDS address.
+    """
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    server_name: str | None = None
 
 
 def render_bootstrap(
     *,
-    xds_address: str,
+    xds_address: str | Sequence[str],
     node_id: str,
     node_cluster: str,
     admin_address: str | None = "127.0.0.1:9901",
     delta: bool = True,
+    tls: ClientTls | None = None,
 ) -> dict[str, Any]:
     """A JSON-able Envoy bootstrap; `xds_address` and `admin_address` are HOST:PORT.
+
+    Several xDS addresses (control-plane replicas outside a Service) become
+    endpoints of the one xDS cluster: when the stream to one fails, Envoy's
+    next attempt goes to another. Without `tls` Envoy speaks plaintext to
+    the control plane (`serve --insecure`).
 
     Raises ValueError when an address is not HOST:PORT.
     """
@@ -76,6 +117,14 @@ def render_bootstrap(
                             max_receive_message_length=wrappers_pb2.UInt32Value(
                                 value=MAX_XDS_MESSAGE_BYTES
                             ),
+                            retry_policy=base_pb2.RetryPolicy(
+                                retry_back_off=backoff_pb2.BackoffStrategy(
+                                    base_interval=duration_pb2.Duration(
+                                        nanos=_RECONNECT_BASE_MILLISECONDS * 1_000_000
+                                    ),
+                                    max_interval=seconds(_RECONNECT_MAX_SECONDS),
+                                )
+                            ),
                         )
                     )
                 ],
@@ -86,16 +135,62 @@ def render_bootstrap(
             cds_config=ads_config_source(),
         )
     )
-    bootstrap.static_resources.clusters.append(_xds_cluster(xds_address))
+    addresses = [xds_address] if isinstance(xds_address, str) else list(xds_address)
+    if not addresses:
+        raise ValueError("expected at least one xDS address")
+    cluster = _xds_cluster([parse_host_port(address) for address in addresses])
+    if tls is not None:
+        server_name = tls.server_name or parse_host_port(addresses[0])[0]
+        cluster.transport_socket.CopyFrom(
+            base_pb2.TransportSocket(
+                name=TLS_TRANSPORT_SOCKET, typed_config=typed(_client_tls(tls, server_name))
+            )
+        )
+    bootstrap.static_resources.clusters.append(cluster)
     return to_document(bootstrap)
 
 
-def _xds_cluster(xds_address: str) -> cluster_pb2.Cluster:
-    host, port = parse_host_port(xds_address)
+def _client_tls(tls: ClientTls, server_name: str) -> tls_pb2.UpstreamTlsContext:
+    """Present Envoy's certificate; accept only the CA's certificate for `server_name`."""
+    san_type = (
+        common_pb2.SubjectAltNameMatcher.IP_ADDRESS
+        if _is_ip(server_name)
+        else common_pb2.SubjectAltNameMatcher.DNS
+    )
+    return tls_pb2.UpstreamTlsContext(
+        # SNI must be a host name; an IP literal is not sent.
+        sni="" if _is_ip(server_name) else server_name,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            # gRPC servers expect ALPN h2 on TLS.
+            alpn_protocols=["h2"],
+            tls_certificates=[
+                common_pb2.TlsCertificate(
+                    certificate_chain=base_pb2.DataSource(filename=tls.cert_file),
+                    private_key=base_pb2.DataSource(filename=tls.key_file),
+                )
+            ],
+            validation_context=common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=tls.ca_file),
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=san_type,
+                        matcher=string_pb2.StringMatcher(exact=server_name),
+                    )
+                ],
+            ),
+        ),
+    )
+
+
+def _xds_cluster(addresses: Sequence[tuple[str, int]]) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
         name=XDS_CLUSTER,
         # A Kubernetes Service name needs resolving; an IP literal does not.
-        type=cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
+        type=(
+            cluster_pb2.Cluster.STATIC
+            if all(_is_ip(host) for host, _port in addresses)
+            else cluster_pb2.Cluster.STRICT_DNS
+        ),
         connect_timeout=seconds(_CONNECT_TIMEOUT_SECONDS),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
             cluster_name=XDS_CLUSTER,
@@ -107,12 +202,14 @@ def _xds_cluster(xds_address: str) -> cluster_pb2.Cluster:
                                 address=socket_address(host, port)
                             )
                         )
+                        for host, port in addresses
                     ]
                 )
             ],
         ),
         typed_extension_protocol_options={
-            # gRPC needs HTTP/2; the control plane speaks it without TLS.
+            # gRPC needs HTTP/2, said outright: with TLS ALPN would agree on it,
+            # in plaintext (--insecure) nothing else would.
             UPSTREAM_HTTP_PROTOCOL_OPTIONS: typed(
                 upstream_http_pb2.HttpProtocolOptions(
                     explicit_http_config=upstream_http_pb2.HttpProtocolOptions.ExplicitHttpConfig(

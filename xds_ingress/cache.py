@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -142,6 +142,10 @@ class Snapshot:
     """Everything one node group is given, at one version."""
 
     types: Mapping[str, TypeSnapshot]
+    # time.monotonic() of the first source change this snapshot was built
+    # for (None: not built for a change, e.g. the first one), so the server
+    # can measure change-to-push latency. Not part of the content.
+    changed_at: float | None = field(default=None, compare=False)
 
     @cached_property
     def version(self) -> str:
@@ -326,9 +330,18 @@ class SnapshotCache:
     def groups(self) -> list[str]:
         return sorted(self._snapshots)
 
-    def set_snapshot(self, group: str, snapshot: Snapshot, *, check: bool = True) -> bool:
+    def set_snapshot(
+        self,
+        group: str,
+        snapshot: Snapshot,
+        *,
+        check: bool = True,
+        changed_at: float | None = None,
+    ) -> bool:
         """Publish `snapshot` for `group`; False when nothing changed.
 
+        `changed_at` is when the source change it was built for was seen
+        (time.monotonic()), for the server's change-to-push latency.
         Raises InconsistentSnapshotError (and publishes nothing) when the
         snapshot would leave Envoy warming forever.
         """
@@ -339,6 +352,8 @@ class SnapshotCache:
         previous = self._snapshots.get(group)
         if previous is not None and previous.version == snapshot.version:
             return False
+        if changed_at is not None and snapshot.changed_at is None:
+            snapshot = replace(snapshot, changed_at=changed_at)
         self._snapshots[group] = snapshot
         log.debug("snapshot %s published for group %r", snapshot.version, group)
         woken = self._watchers.get(group, set())

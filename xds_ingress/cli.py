@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from xds_ingress.logs import configure_logging
 from xds_ingress.settings import (
     KUBERNETES_SOURCE,
     HostPort,
+    ServerTls,
     ServeSettings,
     SettingError,
     parse_address,
@@ -53,6 +55,14 @@ def _positive_seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
     return value
+
+
+def _connection_seconds(text: str) -> int:
+    # Whole seconds, up to a day: an Envoy Duration takes any, but a longer
+    # maximum age no longer rebalances anything.
+    if not text.isascii() or not text.isdigit() or int(text) > 86_400:
+        raise argparse.ArgumentTypeError(f"expected whole seconds from 0 to 86400, got {text!r}")
+    return int(text)
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="oldest TLS version the HTTPS listener accepts (default 1.2)",
     )
     serve.add_argument(
+        "--max-connection-duration",
+        type=_connection_seconds,
+        default=600,
+        help="seconds before Envoy drains a client connection (GOAWAY), so long-lived "
+        "clients rebalance over Envoy replicas; 0: never (default 600)",
+    )
+    serve.add_argument(
         "--holdoff",
         type=_positive_seconds,
         default=0.05,
@@ -108,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         default=0.5,
         help="longest a change waits for a rebuild, in seconds",
+    )
+    serve.add_argument(
+        "--poll-interval",
+        type=_positive_seconds,
+        default=0.25,
+        help="with a folder --source: seconds between looks for changed files (default 0.25)",
     )
     serve.add_argument(
         "--admin-address",
@@ -149,11 +172,43 @@ def build_parser() -> argparse.ArgumentParser:
         "status lives (default: --publish-service's namespace, else --watch-namespace, "
         "else default)",
     )
+    serve.add_argument(
+        "--health-address",
+        type=_checked(parse_host_port, "--health-address"),
+        default=None,
+        help="also serve gRPC health alone here (HOST:PORT), in plaintext, for kubelet's "
+        "gRPC probes, which cannot present a client certificate",
+    )
+    security = serve.add_argument_group(
+        "xDS and admin port security",
+        "mTLS on --xds-address and --admin-address: pass all three files, or --insecure. "
+        "The files are read again when they change (certificate renewal without a restart). "
+        "--metrics-address and --health-address stay plaintext.",
+    )
+    security.add_argument(
+        "--xds-tls-cert", type=Path, default=None, help="the server certificate (PEM chain)"
+    )
+    security.add_argument("--xds-tls-key", type=Path, default=None, help="its private key (PEM)")
+    security.add_argument(
+        "--xds-client-ca",
+        type=Path,
+        default=None,
+        help="CA certificate(s) (PEM) that must have signed every client's certificate",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve xDS and the admin API in plaintext, to anyone who connects (local use only)",
+    )
     _add_logging(serve)
 
     bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap")
     bootstrap.add_argument(
-        "--xds-address", type=_checked(parse_host_port, "--xds-address"), required=True
+        "--xds-address",
+        type=_checked(parse_host_port, "--xds-address"),
+        required=True,
+        action="append",
+        help="the control plane (HOST:PORT); repeat it for replicas Envoy fails over between",
     )
     bootstrap.add_argument("--node-id", required=True)
     bootstrap.add_argument("--node-cluster", required=True)
@@ -162,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bootstrap.add_argument(
         "--sotw", action="store_true", help="state-of-the-world ADS instead of incremental"
+    )
+    client_tls = bootstrap.add_argument_group(
+        "control plane connection",
+        "mTLS to the control plane: pass the three paths (as Envoy sees them), or --insecure.",
+    )
+    client_tls.add_argument("--xds-tls-cert", default=None, help="Envoy's client certificate")
+    client_tls.add_argument("--xds-tls-key", default=None, help="its private key")
+    client_tls.add_argument(
+        "--xds-ca", default=None, help="CA certificate(s) that signed the control plane's"
+    )
+    client_tls.add_argument(
+        "--xds-server-name",
+        default=None,
+        help="the name the control plane's certificate must carry (default: the "
+        "--xds-address host)",
+    )
+    client_tls.add_argument(
+        "--insecure", action="store_true", help="plaintext to a `serve --insecure` control plane"
     )
 
     demo = commands.add_parser(
@@ -180,14 +253,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "bootstrap":
-        from xds_ingress.bootstrap import render_bootstrap
+        from xds_ingress.bootstrap import ClientTls, render_bootstrap
 
+        files = _tls_files(
+            parser,
+            args,
+            flags=("--xds-tls-cert", "--xds-tls-key", "--xds-ca"),
+            extra=("--xds-server-name",),
+        )
         document = render_bootstrap(
-            xds_address=str(args.xds_address),
+            xds_address=[str(address) for address in args.xds_address],
             node_id=args.node_id,
             node_cluster=args.node_cluster,
             admin_address=str(args.admin_address) if args.admin_address else None,
             delta=not args.sotw,
+            tls=(
+                ClientTls(
+                    cert_file=str(files[0]),
+                    key_file=str(files[1]),
+                    ca_file=str(files[2]),
+                    server_name=args.xds_server_name,
+                )
+                if files is not None
+                else None
+            ),
         )
         print(json.dumps(document, indent=2))
         return 0
@@ -205,7 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             watch_namespace=args.watch_namespace,
             admin_address=args.admin_address,
             metrics_address=args.metrics_address,
+            health_address=args.health_address,
+            poll_seconds=args.poll_interval,
             tls_min_version=args.tls_min_version,
+            max_connection_duration_seconds=args.max_connection_duration,
             publish_service=args.publish_service,
             leader_election_namespace=(
                 args.leader_election_namespace
@@ -231,8 +323,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "xds-ingress: error: --kubeconfig, --watch-namespace, --publish-service "
                     "and --leader-election-namespace need --source kubernetes\n",
                 )
+        from xds_ingress.sources.kube_client import KubeConfigError, load_configuration
+
+        if settings.source == KUBERNETES_SOURCE:
+            # A missing cluster is the first thing to hear about, before security.
+            try:
+                load_configuration(kubeconfig=settings.kubeconfig)
+            except KubeConfigError as error:
+                parser.exit(2, f"xds-ingress: error: {error}\n")
+        files = _tls_files(
+            parser, args, flags=("--xds-tls-cert", "--xds-tls-key", "--xds-client-ca")
+        )
+        if files is not None:
+            from xds_ingress.server.credentials import TlsFilesError, check_server_tls
+
+            tls = ServerTls(cert_file=files[0], key_file=files[1], client_ca_file=files[2])
+            try:
+                check_server_tls(tls)
+            except TlsFilesError as error:
+                parser.exit(2, f"xds-ingress: error: {error}\n")
+            settings = dataclasses.replace(settings, xds_tls=tls)
         from xds_ingress.app import serve
-        from xds_ingress.sources.kube_client import KubeConfigError
 
         try:
             return _run(serve(settings))
@@ -257,6 +368,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     parser.error(f"unknown command {args.command}")
+
+
+def _tls_files(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    *,
+    flags: tuple[str, str, str],
+    extra: tuple[str, ...] = (),
+) -> tuple[Path, Path, Path] | None:
+    """The three mTLS files `flags` name, or None with --insecure; exits 2 on anything else."""
+
+    def value(flag: str) -> object:
+        return getattr(args, flag.removeprefix("--").replace("-", "_"))
+
+    given = [flag for flag in (*flags, *extra) if value(flag) is not None]
+    if args.insecure:
+        if given:
+            parser.exit(
+                2, f"xds-ingress: error: --insecure and {', '.join(given)} exclude each other\n"
+            )
+        return None
+    missing = [flag for flag in flags if value(flag) is None]
+    if len(missing) == len(flags):
+        parser.exit(
+            2,
+            f"xds-ingress: error: the control plane connection needs mTLS: pass {', '.join(flags)}"
+            " (or --insecure for plaintext)\n",
+        )
+    if missing:
+        parser.exit(2, f"xds-ingress: error: mTLS needs {', '.join(missing)} too\n")
+    cert, key, ca = (Path(str(value(flag))) for flag in flags)
+    return cert, key, ca
 
 
 def _run(coroutine: object) -> int:

@@ -10,6 +10,7 @@ order of objects in the sources never changes the output.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 
@@ -55,11 +56,42 @@ class Endpoint:
     health: EndpointHealth = EndpointHealth.HEALTHY
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class CaBundle:
+    """CA certificates a peer's certificate must chain to, as Envoy fetches them over SDS.
+
+    `name` is "namespace/secretName/ca.crt": the SDS resource name, distinct
+    from the TlsCertificate of the same Secret (cert-manager puts both in one).
+    `ca_pem` is normalised (re-encoded from what was parsed).
+    """
+
+    name: str
+    ca_pem: str
+
+    def __repr__(self) -> str:
+        return f"CaBundle(name={self.name!r}, ca_pem=<{len(self.ca_pem)} chars>)"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamTls:
-    """TLS from Envoy to the backend; `sni` is the name sent (the Service's host)."""
+    """TLS from Envoy to the backend; `sni` is the name sent (the Service's host).
+
+    With `ca`, the backend's certificate must chain to it and (when `sni` is
+    not "") name `sni`; without, the hop is encrypted but not authenticated.
+    `sni` "" sends no SNI.
+    """
 
     sni: str
+    ca: CaBundle | None = None
+
+
+class LoadBalancer(enum.StrEnum):
+    """How Envoy picks an endpoint for each call."""
+
+    ROUND_ROBIN = "round-robin"
+    LEAST_REQUEST = "least-request"
+    # Consistent hashing on a request header (RoutePolicy.hash_header).
+    RING_HASH = "ring-hash"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +99,20 @@ class GrpcHealthCheck:
     """Active grpc.health.v1 checks; `service` "" asks about the whole server."""
 
     service: str = ""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EndpointSource:
+    """Where a Backend's endpoints come from: the EndpointSlices of one Service port.
+
+    Kept on the Backend so that an EndpointSlice change can refresh the
+    endpoints of exactly the Backends it feeds, without a whole translation.
+    """
+
+    namespace: str
+    service: str
+    # The Service port's name, as EndpointSlice ports carry it ("" if unnamed).
+    port_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +128,8 @@ class Backend:
     endpoints: tuple[Endpoint, ...]
     tls: UpstreamTls | None = None
     health_check: GrpcHealthCheck | None = None
+    endpoint_source: EndpointSource | None = None
+    load_balancer: LoadBalancer = LoadBalancer.ROUND_ROBIN
 
 
 class PathMatchType(enum.StrEnum):
@@ -115,12 +163,36 @@ class RoutePolicy:
     Durations are whole milliseconds; 0 means "none". `retry_on` holds
     GRPC_RETRY_CODES names, sorted; `stream_idle_timeout_ms` None leaves the
     listener's stream idle timeout in force.
+
+    `hash_header` (lowercase) is what a ring-hash backend hashes on.
+    `grpc_only` True answers a request that is not gRPC (or gRPC-Web) with
+    415 instead of forwarding it; None decides by the path (see
+    `names_grpc_service`). `client_certificate_required` forwards only
+    requests whose TLS connection presented a client certificate that was
+    validated; any other request (plain HTTP included) is answered 403.
     """
 
     grpc_timeout_max_ms: int = 0
     stream_idle_timeout_ms: int | None = None
     retry_on: tuple[str, ...] = ("unavailable",)
     num_retries: int = 2
+    hash_header: str | None = None
+    grpc_only: bool | None = None
+    client_certificate_required: bool = False
+
+
+# A fully qualified gRPC service name whose last part is a type name, as
+# protoc generates them ("/helloworld.Greeter/"); "/api.v1/" is not one.
+_GRPC_SERVICE_PATH = re.compile(
+    r"/(?:[A-Za-z_][A-Za-z0-9_]*\.)+[A-Z][A-Za-z0-9_]*(?:/[A-Za-z0-9_]*)?"
+)
+
+
+def names_grpc_service(path: PathMatch) -> bool:
+    """True when the path match only matches calls of one gRPC service ("/pkg.Service/...")."""
+    if path.type is PathMatchType.REGEX:
+        return False
+    return _GRPC_SERVICE_PATH.fullmatch(path.value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +327,18 @@ class TlsCertificate:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientValidation:
+    """Client certificates checked at the TLS handshake against `ca`.
+
+    `required` False still asks for one and refuses one that does not chain
+    to `ca`, but lets a client without a certificate in.
+    """
+
+    ca: CaBundle
+    required: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class TlsFilterChain:
     """The connections whose SNI is one of `server_names`, served with one certificate.
@@ -268,6 +352,7 @@ class TlsFilterChain:
     certificate: str  # a TlsCertificate name
     server_names: tuple[str, ...]
     route_config: str
+    client_validation: ClientValidation | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,19 +5,36 @@ and a maximum holdoff (never wait longer than this after the first), so a
 burst of edits costs one rebuild and a steady trickle still gets through.
 Nothing is published before the sources have finished their first read (the
 startup barrier): an Envoy must never see a half-empty configuration.
+
+When nothing but EndpointSlices changed, the fast path skips translation
+and resource building: it reads the endpoints of the affected Backends again
+and patches the current snapshot's EDS, after a much shorter holdoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xds_ingress import ir
-from xds_ingress.cache import InconsistentSnapshotError, SnapshotCache, build_snapshot
+from xds_ingress.cache import (
+    InconsistentSnapshotError,
+    Snapshot,
+    SnapshotCache,
+    TypeSnapshot,
+    build_snapshot,
+    make_resource,
+)
+from xds_ingress.resources import types
 from xds_ingress.resources.builder import ResourceBuilder
+from xds_ingress.resources.endpoint import build_load_assignment
+from xds_ingress.sources.objects import ObjectKey
+from xds_ingress.store import Change
+from xds_ingress.translate.endpoint_refresh import EndpointRefresh
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +43,9 @@ log = logging.getLogger(__name__)
 class Debounce:
     holdoff_seconds: float = 0.05
     max_holdoff_seconds: float = 0.5
+    # EndpointSlice-only changes cost a millisecond on the fast path, and a
+    # pod that left must leave Envoy's hosts quickly; batch them briefly.
+    endpoint_holdoff_seconds: float = 0.005
 
 
 @dataclass
@@ -49,8 +69,11 @@ class Pipeline:
         builder: ResourceBuilder | None = None,
         observe_build: Callable[[float], None] | None = None,
         observe_translation: Callable[[ir.Translation], None] | None = None,
+        refresh_endpoints: Callable[[frozenset[ObjectKey]], EndpointRefresh | None] | None = None,
     ) -> None:
         self._translate = translate
+        # The EndpointSlice fast path (None: every change translates in full).
+        self._refresh_endpoints = refresh_endpoints
         self._cache = cache
         self._group = group
         self._debounce = debounce
@@ -66,10 +89,27 @@ class Pipeline:
         self.first_published = asyncio.Event()
         self._first_change: float | None = None
         self._last_change = 0.0
+        # The first change of the batch being built (time.monotonic()): the
+        # xDS server times each push from it (change-to-sent latency).
+        self._batch_changed_at: float | None = None
+        # What changed since the last build: the slices, if nothing but
+        # slices changed; `_pending_full` once anything else did.
+        self._pending_slices: set[ObjectKey] = set()
+        self._pending_full = False
+        # When the last build ended (monotonic): a change long after it
+        # skips the holdoff.
+        self._built_at = -math.inf
         self.report = BuildReport()
 
-    def changed(self) -> None:
-        """Note that a source changed; cheap, callable from any callback."""
+    def changed(self, change: Change | None = None) -> None:
+        """Note that a source changed; cheap, callable from any callback.
+
+        `change` None means "anything may have changed": a full translation.
+        """
+        if change is not None and change.endpoints_only:
+            self._pending_slices.update(change.keys)
+        else:
+            self._pending_full = True
         now = time.monotonic()
         if self._first_change is None:
             self._first_change = now
@@ -84,23 +124,46 @@ class Pipeline:
         # loop while Envoys wait for their first push.
         self._changed.clear()
         self._first_change = None
+        self._take_pending()
         self.rebuild()
+        self._built_at = time.monotonic()
         while True:
             await self._changed.wait()
             await self._hold_off()
             self._changed.clear()
+            self._batch_changed_at = self._first_change
             self._first_change = None
-            self.rebuild()
+            full, slices = self._take_pending()
+            if full or not slices or not self._rebuild_endpoints(slices):
+                self.rebuild()
+            self._built_at = time.monotonic()
+
+    def _take_pending(self) -> tuple[bool, frozenset[ObjectKey]]:
+        pending = (self._pending_full, frozenset(self._pending_slices))
+        self._pending_full = False
+        self._pending_slices = set()
+        return pending
 
     async def _hold_off(self) -> None:
+        # The first change after a quiet spell is built at once: a lone edit
+        # should not wait out a holdoff meant for bursts. The changes that
+        # follow it, while it builds, are what the holdoff batches.
+        first_change = self._first_change
+        if first_change is not None and first_change - self._built_at >= self._holdoff():
+            return
         while True:
             now = time.monotonic()
             first = self._first_change if self._first_change is not None else now
-            quiet_at = self._last_change + self._debounce.holdoff_seconds
+            quiet_at = self._last_change + self._holdoff()
             deadline = min(quiet_at, first + self._debounce.max_holdoff_seconds)
             if now >= deadline:
                 return
             await asyncio.sleep(deadline - now)
+
+    def _holdoff(self) -> float:
+        if self._pending_full:
+            return self._debounce.holdoff_seconds
+        return min(self._debounce.holdoff_seconds, self._debounce.endpoint_holdoff_seconds)
 
     def rebuild(self) -> None:
         started = time.perf_counter()
@@ -109,24 +172,25 @@ class Pipeline:
             translation = self._translate()
             self._log_new_conditions(translation.conditions)
             snapshot = build_snapshot(self._builder.build(translation.config))
-            published = self._cache.set_snapshot(self._group, snapshot)
+            published = self._cache.set_snapshot(
+                self._group, snapshot, changed_at=self._batch_changed_at
+            )
         except InconsistentSnapshotError as error:
             # A translator bug, not a user error: keep serving the last good
             # snapshot rather than make Envoy warm forever.
             log.error("snapshot not published, it is inconsistent: %s", error)
+            self._pending_full = True
             return
         except Exception:
             # Same reasoning for any other bug: the last good snapshot stays.
             log.exception("snapshot not published: the build failed")
+            # The fast path patches what was published, so it must not
+            # follow a translation that never was.
+            self._pending_full = True
             return
         if self._observe_build is not None:
             self._observe_build(time.perf_counter() - started)
-        if self._observe_translation is not None:
-            try:
-                self._observe_translation(translation)
-            except Exception:
-                # Status is a side output: its bug must not stop the pipeline.
-                log.exception("the status stage failed on a build")
+        self._observe(translation)
         if published:
             self.first_published.set()
             self.report.published += 1
@@ -140,6 +204,52 @@ class Pipeline:
                 ),
                 (time.perf_counter() - started) * 1000,
             )
+
+    def _rebuild_endpoints(self, slices: frozenset[ObjectKey]) -> bool:
+        """The fast path: patch the current snapshot's EDS; False: rebuild in full instead."""
+        if self._refresh_endpoints is None:
+            return False
+        current = self._cache.current(self._group)
+        if current is None:
+            return False
+        started = time.perf_counter()
+        try:
+            refresh = self._refresh_endpoints(slices)
+            if refresh is None:
+                return False
+            self.report.builds += 1
+            snapshot = _with_load_assignments(current, refresh.changed)
+            # Only endpoints of existing clusters changed: no name comes or
+            # goes, so the snapshot stays as consistent as the one it patches.
+            published = self._cache.set_snapshot(
+                self._group, snapshot, check=False, changed_at=self._batch_changed_at
+            )
+        except Exception:
+            log.exception("the EndpointSlice fast path failed; translating in full")
+            return False
+        if self._observe_build is not None:
+            self._observe_build(time.perf_counter() - started)
+        if refresh.translation.conditions != self.report.conditions:
+            self._log_new_conditions(refresh.translation.conditions)
+            self._observe(refresh.translation)
+        if published:
+            self.report.published += 1
+            self.report.last_version = snapshot.version
+            log.debug(
+                "published snapshot %s: endpoints of %d clusters in %.2f ms",
+                snapshot.version,
+                len(refresh.changed),
+                (time.perf_counter() - started) * 1000,
+            )
+        return True
+
+    def _observe(self, translation: ir.Translation) -> None:
+        if self._observe_translation is not None:
+            try:
+                self._observe_translation(translation)
+            except Exception:
+                # Status is a side output: its bug must not stop the pipeline.
+                log.exception("the status stage failed on a build")
 
     def _log_new_conditions(self, conditions: tuple[ir.Condition, ...]) -> None:
         previous = set(self.report.conditions)
@@ -155,3 +265,26 @@ class Pipeline:
                 condition.message,
             )
         self.report.conditions = conditions
+
+
+def _with_load_assignments(snapshot: Snapshot, backends: tuple[ir.Backend, ...]) -> Snapshot:
+    """`snapshot` with the ClusterLoadAssignments of `backends` rebuilt.
+
+    Every other type keeps its TypeSnapshot object, and with it the version
+    and the serialised response it has already computed.
+    """
+    if not backends:
+        return snapshot
+    endpoints = dict(snapshot.of_type(types.ENDPOINT).resources)
+    for backend in backends:
+        if backend.name not in endpoints:
+            raise KeyError(f"cluster {backend.name!r} is not in the published snapshot")
+        endpoints[backend.name] = make_resource(
+            backend.name, types.ENDPOINT, build_load_assignment(backend)
+        )
+    return Snapshot(
+        types={
+            **snapshot.types,
+            types.ENDPOINT: TypeSnapshot(type_url=types.ENDPOINT, resources=endpoints),
+        }
+    )

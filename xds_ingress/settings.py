@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class SettingError(ValueError):
@@ -72,6 +73,19 @@ def parse_namespaced_name(text: str, *, flag: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """mTLS on the xDS and admin ports: PEM files, read again when they change.
+
+    Clients (Envoys, operators' tools) must present a certificate that
+    `client_ca_file` signed.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class ServeSettings:
     source: str
     xds_address: HostPort
@@ -90,9 +104,20 @@ class ServeSettings:
     metrics_address: HostPort | None = None
     # The oldest TLS version the HTTPS listener accepts: "1.2" or "1.3".
     tls_min_version: str = "1.2"
+    # How old a client connection may grow before Envoy drains it (GOAWAY),
+    # so long-lived clients rebalance over Envoy replicas; 0: no limit.
+    max_connection_duration_seconds: int = 600
     # Only with source == KUBERNETES_SOURCE: the Envoy Service (namespace,
     # name) whose addresses every Ingress we serve publishes in its status
     # (None: none is written), and where the Lease that picks the one
     # replica writing status lives.
     publish_service: tuple[str, str] | None = None
     leader_election_namespace: str = "default"
+    # mTLS on the xDS and admin ports; None: plaintext, which the CLI gives
+    # only with an explicit --insecure (the demo and in-process tests use it).
+    xds_tls: ServerTls | None = None
+    # Plaintext gRPC health alone (kubelet's gRPC probes cannot speak TLS);
+    # None: not served.
+    health_address: HostPort | None = None
+    # With a folder source: seconds between looks at the folder.
+    poll_seconds: float = 0.25

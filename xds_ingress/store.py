@@ -13,10 +13,18 @@ from __future__ import annotations
 import logging
 import types
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from xds_ingress.sources.objects import ENDPOINT_SLICE, INGRESS, KubeObject, ObjectKey
+from xds_ingress.sources.objects import (
+    ENDPOINT_SLICE,
+    GATEWAY,
+    INGRESS,
+    SECRET,
+    KubeObject,
+    ObjectKey,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,32 +54,30 @@ Subscriber = Callable[[Change], None]
 
 
 class StoreView:
-    """A read-only snapshot of the store, taken at one moment."""
+    """A read-only snapshot of the store, taken at one moment.
 
-    __slots__ = ("_by_key", "_by_kind", "_secret_users", "_slices")
+    Taking one costs three shallow dictionary copies; the sorted per-kind
+    lists and per-Service slice lists are made on first use. A full
+    translation reads everything anyway, but the EndpointSlice fast path
+    reads a few slices, and at 10k Services sorting every object for it
+    would cost more than the fast path saves.
+    """
+
+    __slots__ = ("_by_key", "_by_kind", "_secret_users", "_slice_keys", "_slices")
 
     def __init__(
         self,
         *,
-        objects: Iterable[KubeObject],
-        slices: Mapping[NamespacedName, Iterable[ObjectKey]],
-        secret_users: Mapping[NamespacedName, Iterable[ObjectKey]],
+        objects: Mapping[ObjectKey, KubeObject],
+        slices: Mapping[NamespacedName, frozenset[ObjectKey]],
+        secret_users: Mapping[NamespacedName, frozenset[ObjectKey]],
     ) -> None:
-        by_key = {obj.key: obj for obj in objects}
-        by_kind: dict[str, list[KubeObject]] = defaultdict(list)
-        for key in sorted(by_key):
-            by_kind[key.kind].append(by_key[key])
-        self._by_key: Mapping[ObjectKey, KubeObject] = types.MappingProxyType(by_key)
-        self._by_kind = types.MappingProxyType({k: tuple(v) for k, v in by_kind.items()})
-        self._slices = types.MappingProxyType(
-            {
-                service: tuple(by_key[key] for key in sorted(keys))
-                for service, keys in slices.items()
-            }
-        )
-        self._secret_users = types.MappingProxyType(
-            {secret: tuple(sorted(keys)) for secret, keys in secret_users.items()}
-        )
+        """The mappings are copied; their values must be immutable."""
+        self._by_key: Mapping[ObjectKey, KubeObject] = types.MappingProxyType(dict(objects))
+        self._slice_keys = dict(slices)
+        self._secret_users = dict(secret_users)
+        self._by_kind: Mapping[str, tuple[KubeObject, ...]] | None = None
+        self._slices: dict[NamespacedName, tuple[KubeObject, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -81,15 +87,25 @@ class StoreView:
 
     def objects(self, kind: str) -> tuple[KubeObject, ...]:
         """Every object of `kind`, sorted by namespace and name."""
+        if self._by_kind is None:
+            by_kind: dict[str, list[KubeObject]] = defaultdict(list)
+            for key in sorted(self._by_key):
+                by_kind[key.kind].append(self._by_key[key])
+            self._by_kind = {kind: tuple(found) for kind, found in by_kind.items()}
         return self._by_kind.get(kind, ())
 
     def endpoint_slices(self, namespace: str, service: str) -> tuple[KubeObject, ...]:
         """The EndpointSlices labelled for Service `namespace/service`, sorted by name."""
-        return self._slices.get((namespace, service), ())
+        found = self._slices.get((namespace, service))
+        if found is None:
+            keys = self._slice_keys.get((namespace, service), frozenset())
+            found = tuple(self._by_key[key] for key in sorted(keys))
+            self._slices[(namespace, service)] = found
+        return found
 
     def secret_users(self, namespace: str, secret: str) -> tuple[ObjectKey, ...]:
         """The objects that name Secret `namespace/secret`."""
-        return self._secret_users.get((namespace, secret), ())
+        return tuple(sorted(self._secret_users.get((namespace, secret), ())))
 
 
 class Store:
@@ -98,8 +114,14 @@ class Store:
     def __init__(self) -> None:
         self._objects: dict[ObjectKey, KubeObject] = {}
         self._origins: dict[ObjectKey, str] = {}
-        self._slices: dict[NamespacedName, set[ObjectKey]] = defaultdict(set)
-        self._secret_users: dict[NamespacedName, set[ObjectKey]] = defaultdict(set)
+        # Frozen values, replaced on change, so a view can share them.
+        self._slices: dict[NamespacedName, frozenset[ObjectKey]] = {}
+        self._secret_users: dict[NamespacedName, frozenset[ObjectKey]] = {}
+        # Secrets that nothing references: kept (a reference may come) but
+        # not in any view, so translation never reads and churn never
+        # rebuilds. `_moved`: keys shown or hidden by the write under way.
+        self._parked: dict[ObjectKey, KubeObject] = {}
+        self._moved: set[ObjectKey] = set()
         self._subscribers: list[Subscriber] = []
         self._view: StoreView | None = None
 
@@ -115,19 +137,19 @@ class Store:
     def view(self) -> StoreView:
         if self._view is None:
             self._view = StoreView(
-                objects=self._objects.values(),
+                objects=self._objects,
                 slices=self._slices,
                 secret_users=self._secret_users,
             )
         return self._view
 
     def apply(self, obj: KubeObject, *, origin: str) -> None:
-        if self._put(obj, origin=origin):
-            self._notify({obj.key})
+        changed = {obj.key} if self._put(obj, origin=origin) else set()
+        self._notify(changed | self._take_moved())
 
     def delete(self, key: ObjectKey, *, origin: str) -> None:
-        if self._remove(key):
-            self._notify({key})
+        changed = {key} if self._remove(key) else set()
+        self._notify(changed | self._take_moved())
 
     def replace_all(self, objects: Sequence[KubeObject], *, origin: str) -> None:
         """Make `objects` everything `origin` provides; if a key repeats, the first wins."""
@@ -143,12 +165,21 @@ class Store:
         for key in gone:
             if self._remove(key):
                 changed.add(key)
-        if changed:
-            self._notify(changed)
+        self._notify(changed | self._take_moved())
+
+    def _take_moved(self) -> set[ObjectKey]:
+        moved, self._moved = self._moved, set()
+        return moved
 
     def _put(self, obj: KubeObject, *, origin: str) -> bool:
-        old = self._objects.get(obj.key)
         self._origins[obj.key] = origin
+        if obj.kind == SECRET and (obj.namespace, obj.name) not in self._secret_users:
+            # Nothing names it: held out of sight, so its churn costs no
+            # rebuild; it is shown the moment something references it.
+            self._parked[obj.key] = obj
+            return False
+        self._parked.pop(obj.key, None)
+        old = self._objects.get(obj.key)
         if old == obj:
             # Keep the newer copy: its `source` (not part of equality) may
             # have moved to another file, and log lines should name that one.
@@ -164,6 +195,9 @@ class Store:
         return True
 
     def _remove(self, key: ObjectKey) -> bool:
+        if self._parked.pop(key, None) is not None:
+            self._origins.pop(key, None)
+            return False
         old = self._objects.pop(key, None)
         self._origins.pop(key, None)
         if old is None:
@@ -175,9 +209,11 @@ class Store:
     def _index(self, obj: KubeObject) -> None:
         service = _slice_service(obj)
         if service is not None:
-            self._slices[service].add(obj.key)
+            _add(self._slices, service, obj.key)
         for secret in _secret_refs(obj):
-            self._secret_users[secret].add(obj.key)
+            if secret not in self._secret_users:
+                self._show(ObjectKey(SECRET, *secret))
+            _add(self._secret_users, secret, obj.key)
 
     def _unindex(self, obj: KubeObject) -> None:
         service = _slice_service(obj)
@@ -185,8 +221,28 @@ class Store:
             _discard(self._slices, service, obj.key)
         for secret in _secret_refs(obj):
             _discard(self._secret_users, secret, obj.key)
+            if secret not in self._secret_users:
+                self._hide(ObjectKey(SECRET, *secret))
+
+    def _show(self, key: ObjectKey) -> None:
+        """A Secret something now references joins the visible objects."""
+        parked = self._parked.pop(key, None)
+        if parked is not None:
+            self._objects[key] = parked
+            self._view = None
+            self._moved.add(key)
+
+    def _hide(self, key: ObjectKey) -> None:
+        """A Secret nothing references any more leaves the visible objects."""
+        shown = self._objects.pop(key, None)
+        if shown is not None:
+            self._parked[key] = shown
+            self._view = None
+            self._moved.add(key)
 
     def _notify(self, keys: set[ObjectKey]) -> None:
+        if not keys:
+            return
         change = Change(keys=frozenset(keys))
         for subscriber in list(self._subscribers):
             try:
@@ -197,12 +253,20 @@ class Store:
                 log.exception("store subscriber %r failed", subscriber)
 
 
-def _discard(
-    index: dict[NamespacedName, set[ObjectKey]], at: NamespacedName, key: ObjectKey
+def _add(
+    index: dict[NamespacedName, frozenset[ObjectKey]], at: NamespacedName, key: ObjectKey
 ) -> None:
-    index[at].discard(key)
-    if not index[at]:
-        del index[at]
+    index[at] = index.get(at, frozenset()) | {key}
+
+
+def _discard(
+    index: dict[NamespacedName, frozenset[ObjectKey]], at: NamespacedName, key: ObjectKey
+) -> None:
+    remaining = index.get(at, frozenset()) - {key}
+    if remaining:
+        index[at] = remaining
+    else:
+        index.pop(at, None)
 
 
 def _slice_service(obj: KubeObject) -> NamespacedName | None:
@@ -213,16 +277,53 @@ def _slice_service(obj: KubeObject) -> NamespacedName | None:
     return (obj.namespace, service) if service else None
 
 
+# Annotations of ours that name a Secret in the Ingress's namespace
+# (translate/annotations.py reads them; tests/test_store.py keeps the two in step).
+SECRET_ANNOTATIONS = ("xds-ingress.io/client-ca-secret", "xds-ingress.io/backend-ca-secret")
+
+
 def _secret_refs(obj: KubeObject) -> set[NamespacedName]:
-    """The Secrets an object names (an Ingress's spec.tls[].secretName)."""
-    if obj.kind != INGRESS:
-        return set()
-    spec = obj.body.get("spec")
-    tls = spec.get("tls") if isinstance(spec, Mapping) else None
-    if not isinstance(tls, Sequence) or isinstance(tls, str):
-        return set()
-    return {
-        (obj.namespace, entry["secretName"])
-        for entry in tls
-        if isinstance(entry, Mapping) and isinstance(entry.get("secretName"), str)
-    }
+    """The Secrets an object names: the only ones translation may read.
+
+    An Ingress: spec.tls[].secretName and the CA Secret annotations. A
+    Gateway: its listeners' tls.certificateRefs (core Secrets, in the
+    Gateway's namespace unless one is given).
+    """
+    if obj.kind == INGRESS:
+        spec = _mapping(obj.body.get("spec"))
+        refs = {
+            (obj.namespace, entry["secretName"])
+            for entry in _items(spec.get("tls"))
+            if isinstance(entry, Mapping) and isinstance(entry.get("secretName"), str)
+        }
+        for annotation in SECRET_ANNOTATIONS:
+            named = obj.annotations.get(annotation)
+            if named is not None and named.strip():
+                refs.add((obj.namespace, named.strip()))
+        return refs
+    if obj.kind == GATEWAY:
+        refs = set()
+        for listener in _items(_mapping(obj.body.get("spec")).get("listeners")):
+            tls = _mapping(_mapping(listener).get("tls"))
+            for ref in _items(tls.get("certificateRefs")):
+                ref = _mapping(ref)
+                name, namespace = ref.get("name"), ref.get("namespace", obj.namespace)
+                if (
+                    ref.get("group", "") == ""
+                    and ref.get("kind", SECRET) == SECRET
+                    and isinstance(name, str)
+                    and isinstance(namespace, str)
+                ):
+                    refs.add((namespace, name))
+        return refs
+    return set()
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(value: object) -> Sequence[object]:
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return value
+    return ()

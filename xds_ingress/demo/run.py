@@ -105,6 +105,9 @@ async def run_demo(settings: DemoSettings) -> None:
                 https_port=settings.http_port + 1,
                 holdoff_seconds=0.05,
                 max_holdoff_seconds=0.5,
+                # Plaintext xDS, as `serve --insecure`: everything is on
+                # loopback, and the printed grpcurl commands stay short.
+                xds_tls=None,
             )
         )
         envoy = EnvoyLauncher(
@@ -157,7 +160,8 @@ Call a backend through the ingress (host a.greeter.local -> greeter-a, b.greeter
   {grpcurl} -plaintext -authority b.greeter.local -d '{{"name": "you"}}' \\
       {target} xds_ingress.demo.v1.Greeter/SayHello
 
-Inspect the control plane (reflection and health are on the xDS port):
+Inspect the control plane (reflection and health are on the xDS port; plaintext
+here, as `serve --insecure`: a deployment serves it over mTLS, see README.md):
 
   {grpcurl} -plaintext 127.0.0.1:{settings.xds_port} list
 

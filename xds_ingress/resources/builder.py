@@ -21,7 +21,7 @@ from xds_ingress.resources.endpoint import build_load_assignment
 from xds_ingress.resources.listener import build_https_listener, build_listener
 from xds_ingress.resources.memo import Memo
 from xds_ingress.resources.route import build_route_configuration, build_virtual_host
-from xds_ingress.resources.secret import build_secret
+from xds_ingress.resources.secret import build_ca_secret, build_secret, ca_bundles
 
 Resources = dict[str, dict[str, Message]]
 
@@ -40,6 +40,7 @@ class ResourceBuilder:
         self._listeners: Memo[ir.Listener, Message] = Memo()
         self._https_listeners: Memo[ir.HttpsListener, Message] = Memo()
         self._secrets: Memo[ir.TlsCertificate, Message] = Memo()
+        self._ca_secrets: Memo[ir.CaBundle, Message] = Memo()
         self._route_configs: Memo[ir.RouteConfig, Message] = Memo()
         # A route config is rebuilt whenever any of its hosts changes; keeping
         # the hosts too makes that a copy of the unchanged ones, not a rebuild.
@@ -52,6 +53,7 @@ class ResourceBuilder:
             self._listeners,
             self._https_listeners,
             self._secrets,
+            self._ca_secrets,
             self._route_configs,
             self._virtual_hosts,
             self._clusters,
@@ -69,6 +71,10 @@ class ResourceBuilder:
         for certificate in config.certificates:
             message = self._secrets.get(certificate, build_secret)
             _add(resources, types.SECRET, certificate.name, message)
+        # The CAs that client certificates (mTLS) and GRPCS backends are checked against.
+        for bundle in ca_bundles(config):
+            message = self._ca_secrets.get(bundle, build_ca_secret)
+            _add(resources, types.SECRET, bundle.name, message)
         for route_config in config.route_configs:
             message = self._route_configs.get(route_config, self._build_route_configuration)
             _add(resources, types.ROUTE, route_config.name, message)

@@ -15,13 +15,15 @@ from typing import assert_never
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from xds_ingress import ir
 from xds_ingress.resources.core import ads_config_source, seconds, typed
+from xds_ingress.resources.secret import sds_secret_config
 
 UPSTREAM_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -68,6 +70,16 @@ _UNHEALTHY_THRESHOLD = 2
 _HEALTHY_THRESHOLD = 1
 
 
+# Ring hash keeps Envoy's default ring (1024 to 8M entries): enough spread for
+# the endpoint counts of one Service, and the hash key comes from the route
+# (route.py, hash_policy on the header).
+_LB_POLICIES = {
+    ir.LoadBalancer.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
+    ir.LoadBalancer.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
+    ir.LoadBalancer.RING_HASH: cluster_pb2.Cluster.RING_HASH,
+}
+
+
 def build_cluster(backend: ir.Backend) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=backend.name,
@@ -76,7 +88,7 @@ def build_cluster(backend: ir.Backend) -> cluster_pb2.Cluster:
             eds_config=ads_config_source(), service_name=backend.name
         ),
         connect_timeout=seconds(_CONNECT_TIMEOUT_SECONDS),
-        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        lb_policy=_LB_POLICIES[backend.load_balancer],
         circuit_breakers=circuit_breakers(),
         outlier_detection=outlier_detection(),
     )
@@ -134,15 +146,30 @@ def upstream_tls_context(
 ) -> tls_pb2.UpstreamTlsContext:
     """TLS to the backend, offering the ALPN of the protocol the cluster speaks.
 
-    The backend's certificate is not verified: no CA is configured for
-    upstreams (yet), and in-cluster serving certificates are commonly
-    self-signed. This encrypts the hop; it does not authenticate the pod.
-    A validation_context with the Service's CA is where verification goes.
+    Without a CA the backend's certificate is not verified, as ingress-nginx
+    does not verify by default (in-cluster serving certificates are commonly
+    self-signed): this encrypts the hop but does not authenticate the pod.
+    With a CA (over SDS) the certificate must chain to it and, when an SNI
+    is sent, name it: Envoy checks no name unless told which.
     """
     alpn = ["h2"] if protocol is not ir.UpstreamProtocol.HTTP1 else ["http/1.1"]
-    return tls_pb2.UpstreamTlsContext(
-        sni=tls.sni, common_tls_context=tls_pb2.CommonTlsContext(alpn_protocols=alpn)
-    )
+    common = tls_pb2.CommonTlsContext(alpn_protocols=alpn)
+    if tls.ca is not None:
+        names = common_pb2.CertificateValidationContext()
+        if tls.sni:
+            names.match_typed_subject_alt_names.append(
+                common_pb2.SubjectAltNameMatcher(
+                    san_type=common_pb2.SubjectAltNameMatcher.DNS,
+                    matcher=string_pb2.StringMatcher(exact=tls.sni),
+                )
+            )
+        common.combined_validation_context.CopyFrom(
+            tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=names,
+                validation_context_sds_secret_config=sds_secret_config(tls.ca.name),
+            )
+        )
+    return tls_pb2.UpstreamTlsContext(sni=tls.sni, common_tls_context=common)
 
 
 def circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:

@@ -3,6 +3,8 @@
 One explicit list, router last (filters after the router never see a
 request). gRPC-Web comes first, so everything after it, the statistics
 included, sees the plain gRPC call a browser's gRPC-Web request becomes.
+The filters are the same for every listener and never depend on routes:
+a listener that changes drains its connections.
 """
 
 from __future__ import annotations
@@ -45,11 +47,15 @@ def http_filters() -> list[hcm_pb2.HttpFilter]:
 
 def _grpc_stats() -> grpc_stats_pb2.FilterConfig:
     return grpc_stats_pb2.FilterConfig(
-        # Per service and method (cluster.<name>.grpc.<service>.<method>.*).
-        # Envoy makes these stats for any method a client names, so a client
-        # sending many made-up method names grows Envoy's stats without
-        # bound; an allowlist of the routed methods would close that.
-        stats_for_all_methods=wrappers_pb2.BoolValue(value=True),
+        # Per cluster (cluster.<name>.grpc.{success,failure,total,...}), not
+        # per method. Per method, Envoy makes stats for any method name a
+        # client sends, so made-up names would grow its memory without
+        # bound. An allowlist of the routed methods would bound that, but
+        # this config sits in every listener: a route change would then
+        # change the listener and drain every client connection. The number
+        # of clusters is bounded by the Services routed to, which users
+        # control, and a cluster usually serves one gRPC service anyway.
+        stats_for_all_methods=wrappers_pb2.BoolValue(value=False),
         # Message counts for streams, readable by access logs.
         emit_filter_state=True,
     )

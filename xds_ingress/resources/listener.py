@@ -85,7 +85,7 @@ def build_https_listener(listener: ir.HttpsListener) -> listener_pb2.Listener:
             listener_components_pb2.FilterChain(
                 # Named, so that Envoy's stats and config dumps say which
                 # certificate a connection was served with.
-                name=chain.certificate,
+                name=_chain_name(chain),
                 filter_chain_match=listener_components_pb2.FilterChainMatch(
                     server_names=chain.server_names
                 ),
@@ -111,7 +111,7 @@ def build_https_listener(listener: ir.HttpsListener) -> listener_pb2.Listener:
 def _downstream_tls_context(
     chain: ir.TlsFilterChain, *, min_version: ir.TlsVersion
 ) -> tls_pb2.DownstreamTlsContext:
-    return tls_pb2.DownstreamTlsContext(
+    context = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
             tls_params=common_pb2.TlsParameters(
                 tls_minimum_protocol_version=_TLS_VERSIONS[min_version]
@@ -120,6 +120,22 @@ def _downstream_tls_context(
             alpn_protocols=ALPN_PROTOCOLS,
         )
     )
+    validation = chain.client_validation
+    if validation is not None:
+        # The CA comes over SDS like the certificate, so rotating it touches
+        # no listener. Optional still refuses a certificate that does not
+        # chain to the CA; it only lets a client without one in.
+        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
+            sds_secret_config(validation.ca.name)
+        )
+        context.require_client_certificate.value = validation.required
+    return context
+
+
+def _chain_name(chain: ir.TlsFilterChain) -> str:
+    # Unique per listener: a certificate split by client validation has
+    # several chains, each with a route config of its own.
+    return chain.certificate if chain.client_validation is None else chain.route_config
 
 
 def _connection_manager_filter(

@@ -32,6 +32,15 @@ ALWAYS_RETRY_ON = ("connect-failure", "refused-stream")
 # How often Envoy re-picks a host to avoid the ones a call already failed on.
 _HOST_SELECTION_ATTEMPTS = 3
 
+GRPC_CONTENT_TYPE = "application/grpc"
+UNSUPPORTED_MEDIA_TYPE = 415
+FORBIDDEN = 403
+_NOT_GRPC_BODY = (
+    "xds-ingress: this route serves gRPC only "
+    "(content-type application/grpc, or application/grpc-web from a browser)\n"
+)
+_CLIENT_CERTIFICATE_BODY = "xds-ingress: this route needs a valid client certificate, over HTTPS\n"
+
 VirtualHostBuilder = Callable[[ir.VirtualHost], route_components_pb2.VirtualHost]
 
 
@@ -50,8 +59,73 @@ def build_virtual_host(vhost: ir.VirtualHost) -> route_components_pb2.VirtualHos
     return route_components_pb2.VirtualHost(
         name=vhost.name,
         domains=vhost.domains,
-        routes=[build_route(route) for route in vhost.routes],
+        routes=[built for route in vhost.routes for built in build_routes(route)],
     )
+
+
+def build_routes(route: ir.Route) -> list[route_components_pb2.Route]:
+    """The route, preceded by the guards its policy asks for.
+
+    A guard matches what the route matches, plus what must not be let
+    through, and answers it directly. Placed right before the route, it
+    keeps the route's precedence among the others.
+    """
+    action = route.action
+    if isinstance(action, ir.DirectResponse):
+        return [build_route(route)]
+    guards = []
+    if action.policy.client_certificate_required:
+        guards.append(_client_certificate_guard(route))
+    grpc_only = action.policy.grpc_only
+    if grpc_only is None:
+        grpc_only = ir.names_grpc_service(route.path)
+    if grpc_only:
+        guards.append(_not_grpc_guard(route))
+    return [*guards, build_route(route)]
+
+
+def _client_certificate_guard(route: ir.Route) -> route_components_pb2.Route:
+    # Over plain HTTP, or TLS without a validated client certificate (no
+    # CA could be loaded, say), the route is closed rather than open.
+    guard = _guard(route, suffix="client-certificate-required")
+    guard.match.tls_context.validated.value = False
+    guard.direct_response.CopyFrom(
+        _direct_response(ir.DirectResponse(status=FORBIDDEN, body=_CLIENT_CERTIFICATE_BODY))
+    )
+    return guard
+
+
+def _not_grpc_guard(route: ir.Route) -> route_components_pb2.Route:
+    # Every gRPC and gRPC-Web content type starts with "application/grpc"
+    # (application/grpc+proto, application/grpc-web-text, ...). A request
+    # without a content-type counts as empty, so it is answered too.
+    guard = _guard(route, suffix="not-grpc")
+    # A browser's CORS preflight for gRPC-Web carries no content-type.
+    guard.match.headers.append(
+        route_components_pb2.HeaderMatcher(
+            name=":method",
+            string_match=string_pb2.StringMatcher(exact="OPTIONS"),
+            invert_match=True,
+        )
+    )
+    guard.match.headers.append(
+        route_components_pb2.HeaderMatcher(
+            name="content-type",
+            string_match=string_pb2.StringMatcher(prefix=GRPC_CONTENT_TYPE, ignore_case=True),
+            invert_match=True,
+            treat_missing_header_as_empty=True,
+        )
+    )
+    guard.direct_response.CopyFrom(
+        _direct_response(ir.DirectResponse(status=UNSUPPORTED_MEDIA_TYPE, body=_NOT_GRPC_BODY))
+    )
+    return guard
+
+
+def _guard(route: ir.Route, *, suffix: str) -> route_components_pb2.Route:
+    match = path_match(route.path)
+    match.headers.extend(header_matcher(header) for header in route.headers)
+    return route_components_pb2.Route(name=f"{route.name}/{suffix}", match=match)
 
 
 def build_route(route: ir.Route) -> route_components_pb2.Route:
@@ -151,6 +225,15 @@ def _forward(action: ir.Forward) -> route_components_pb2.RouteAction:
         forward.idle_timeout.CopyFrom(_milliseconds(policy.stream_idle_timeout_ms))
     if policy.num_retries > 0:
         forward.retry_policy.CopyFrom(retry_policy(policy))
+    if policy.hash_header is not None:
+        # Only a ring-hash cluster reads it; translate/ sets it only then.
+        forward.hash_policy.append(
+            route_components_pb2.RouteAction.HashPolicy(
+                header=route_components_pb2.RouteAction.HashPolicy.Header(
+                    header_name=policy.hash_header
+                )
+            )
+        )
     return forward
 
 

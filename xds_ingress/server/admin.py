@@ -1,7 +1,8 @@
-"""The admin API (protos/xds_ingress/admin/v1/admin.proto): connected Envoys and snapshots.
+"""The admin API (protos/xds_ingress/admin/v1/admin.proto): Envoys, snapshots, conditions.
 
-Read-only by construction: it sees the cache through `SnapshotInspector` and
-the streams through the `StreamRegistry` they write, and changes neither.
+Read-only by construction: it sees the cache through `SnapshotInspector`,
+the streams through the `StreamRegistry` they write, and conditions through
+a `ConditionSource` (the status stage), and changes none of them.
 Every resource leaves through the `Redactor`, so no private key does.
 """
 
@@ -12,8 +13,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from xds_ingress.admin.v1 import admin_pb2, admin_pb2_grpc
+from xds_ingress.server.conditions import ConditionSource, NoConditions, ObjectCondition
 from xds_ingress.server.lookup import Context, Lookup, abort, timestamp
-from xds_ingress.server.redact import Redactor
+from xds_ingress.server.redact import Redactor, redact_text
 from xds_ingress.server.registry import Nack, StreamKind, StreamStatus, TypeStatus
 from xds_ingress.server.snapshot_feed import SnapshotChange, SnapshotFeed
 from xds_ingress.server.stream import in_ads_order
@@ -43,6 +45,7 @@ def _type_status(status: TypeStatus) -> admin_pb2.TypeStatus:
         wildcard=status.wildcard,
         resources_sent=len(status.sent_resources),
         resources_acked=len(status.acked_resources),
+        held_back=sorted(status.held_back),
     )
     if status.last_nack is not None:
         message.last_nack.CopyFrom(_nack(status.last_nack))
@@ -91,9 +94,16 @@ class AdminService:
 
     service_names = (ADMIN_SERVICE,)
 
-    def __init__(self, *, lookup: Lookup, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        *,
+        lookup: Lookup,
+        redactor: Redactor,
+        conditions: ConditionSource | None = None,
+    ) -> None:
         self._lookup = lookup
         self._redactor = redactor
+        self._conditions: ConditionSource = conditions if conditions is not None else NoConditions()
 
     def register(self, server: grpc.aio.Server) -> None:
         admin_pb2_grpc.add_AdminServicer_to_server(self, server)
@@ -164,3 +174,45 @@ class AdminService:
             while True:
                 for change in await feed.next():
                     yield _event(change)
+
+    async def ListConditions(
+        self, request: admin_pb2.ListConditionsRequest, context: Context
+    ) -> admin_pb2.ListConditionsResponse:
+        kind = request.kind.lower()
+        found = [
+            condition
+            for condition in self._conditions.object_conditions()
+            if (not kind or condition.kind.lower() == kind)
+            and (not request.namespace or condition.namespace == request.namespace)
+            and (not request.problems_only or condition.status != "True")
+        ]
+        found.sort(key=lambda c: (c.kind, c.namespace, c.name, c.type))
+        return admin_pb2.ListConditionsResponse(conditions=[_condition(c) for c in found])
+
+
+def _condition(condition: ObjectCondition) -> admin_pb2.Condition:
+    # Messages come from translation and from Envoy, which quotes resources
+    # whole: redacted like every other text inspection returns.
+    return admin_pb2.Condition(
+        object=admin_pb2.ObjectRef(
+            kind=condition.kind,
+            namespace=condition.namespace,
+            name=condition.name,
+            source=condition.source,
+        ),
+        type=condition.type,
+        status=condition.status,
+        reason=condition.reason,
+        message=redact_text(condition.message),
+        rejections=[
+            admin_pb2.Rejection(
+                node_id=rejected.node_id,
+                node_group=rejected.group,
+                type_url=rejected.type_url,
+                resource_name=rejected.resource_name,
+                version=rejected.version,
+                error=redact_text(rejected.message),
+            )
+            for rejected in condition.rejections
+        ],
+    )

@@ -4,9 +4,11 @@ For every connected Envoy (optionally only those the request's node matchers
 pick), one `generic_xds_configs` entry per resource it asked for, in the
 standard form tools such as istioctl and grpcdebug read:
 
-- client_status: ACKED (it holds the version we sent), NACKED (it rejected
-  the version we sent; error_state has its reason), REQUESTED (asked for,
-  not yet answered), DOES_NOT_EXIST (asked for by name, but we have none);
+- client_status: NACKED (it rejected the version the snapshot holds now;
+  error_state has its reason: a state-of-the-world stream then keeps sending
+  the version it accepted before, which is no fix), ACKED (it holds the
+  version we sent), REQUESTED (asked for, not yet answered), DOES_NOT_EXIST
+  (asked for by name, but we have none);
 - config_status: SYNCED (it ACKed what the snapshot holds now), STALE (sent,
   no answer yet), ERROR (NACKed), NOT_SENT (the snapshot holds a version
   it was not sent yet, or nothing to send);
@@ -148,8 +150,9 @@ class CsdsService:
             sent = status.sent_resources.get(name)
             acked = status.acked_resources.get(name)
             nack = status.nacked_resources.get(name)
-            if nack is not None and (sent is None or nack.resources.get(name) != sent):
-                nack = None  # a NACK of an older version: superseded by what was sent since
+            rejected = nack.resources.get(name) if nack is not None else None
+            if nack is not None and (current is None or rejected != current.version):
+                nack = None  # the snapshot has moved on from the rejected version
             config = csds_pb2.ClientConfig.GenericXdsConfig(
                 type_url=status.type_url,
                 name=name,
@@ -161,11 +164,11 @@ class CsdsService:
             config.config_status = _config_status(
                 config.client_status, sent=sent, now=current.version if current else None
             )
-            if nack is not None:
+            if nack is not None and current is not None:
                 config.error_state.details = nack.message
-                config.error_state.version_info = sent
+                config.error_state.version_info = current.version
                 config.error_state.last_update_attempt.CopyFrom(timestamp(nack.at))
-                if with_contents and current is not None and current.version == sent:
+                if with_contents:
                     config.error_state.failed_configuration.CopyFrom(
                         self._redactor.resource_any(current)
                     )
@@ -176,21 +179,22 @@ class CsdsService:
 
 
 def _client_status(*, sent: str | None, acked: str | None, nacked: bool, exists: bool) -> int:
-    if sent is not None and acked == sent:
-        return int(config_dump_shared_pb2.ACKED)
+    # NACKED first: a held-back resource was sent (and ACKed) at its old version.
     if nacked:
         return int(config_dump_shared_pb2.NACKED)
+    if sent is not None and acked == sent:
+        return int(config_dump_shared_pb2.ACKED)
     if not exists and sent is None:
         return int(config_dump_shared_pb2.DOES_NOT_EXIST)
     return int(config_dump_shared_pb2.REQUESTED)
 
 
 def _config_status(client_status: int, *, sent: str | None, now: str | None) -> int:
+    if client_status == config_dump_shared_pb2.NACKED:
+        return int(csds_pb2.ERROR)
     if now is None or sent != now:
         # The snapshot holds nothing, or a version this Envoy was not sent yet.
         return int(csds_pb2.NOT_SENT)
     if client_status == config_dump_shared_pb2.ACKED:
         return int(csds_pb2.SYNCED)
-    if client_status == config_dump_shared_pb2.NACKED:
-        return int(csds_pb2.ERROR)
     return int(csds_pb2.STALE)

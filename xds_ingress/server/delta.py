@@ -96,6 +96,9 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
             return
         status = self._status.of_type(type_url)
         if request.HasField("error_detail"):
+            # Only what changed is ever sent, and a rejected resource is not
+            # resent until it changes again (`known` already has it): so
+            # unlike state of the world, nothing needs holding back.
             self._record_nack(
                 type_url=type_url,
                 nonce=request.response_nonce,
@@ -111,14 +114,14 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
                 status.acked_resources.pop(name, None)
         if request.response_nonce == state.nonce:
             status.acked_version = status.sent_version
-        self._context.metrics.acked(type_url, StreamKind.DELTA)
+        self._answered(type_url, request.response_nonce, acked=True)
         self._record_ack(type_url=type_url, resources=sent)
 
-    def _responses(self, snapshot: Snapshot) -> Iterator[bytes]:
+    def _responses(self, snapshot: Snapshot) -> Iterator[tuple[str, bytes]]:
         for type_url in in_ads_order(set(self._types)):
             response = self._response_for(type_url, self._types[type_url], snapshot)
             if response is not None:
-                yield response
+                yield type_url, response
 
     def _response_for(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> bytes | None:
         resources: TypeSnapshot = snapshot.of_type(type_url)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from xds_ingress.cache import SnapshotInspector
 from xds_ingress.server.admin import AdminService
+from xds_ingress.server.conditions import ConditionSource
 from xds_ingress.server.csds import CsdsService
 from xds_ingress.server.lookup import Lookup
 from xds_ingress.server.redact import Redactor
@@ -48,12 +49,18 @@ class GrpcService(Protocol):
 
 
 def inspection_services(
-    *, cache: SnapshotInspector, registry: StreamRegistry
+    *,
+    cache: SnapshotInspector,
+    registry: StreamRegistry,
+    conditions: ConditionSource | None = None,
 ) -> tuple[AdminService, CsdsService]:
-    """The admin API and CSDS over one cache and one stream registry."""
+    """The admin API and CSDS over one cache and one stream registry.
+
+    `conditions` (the status stage) feeds ListConditions; without it the list is empty.
+    """
     lookup = Lookup(cache=cache, registry=registry)
     redactor = Redactor()
-    return AdminService(lookup=lookup, redactor=redactor), CsdsService(
+    return AdminService(lookup=lookup, redactor=redactor, conditions=conditions), CsdsService(
         lookup=lookup, redactor=redactor
     )
 
@@ -71,6 +78,7 @@ async def start_grpc_server(
     services: Sequence[GrpcService],
     address: str,
     ready: asyncio.Event | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Serve `services` with health and reflection on `address` (HOST:PORT, port 0 picks one).
 
@@ -78,6 +86,8 @@ async def start_grpc_server(
     process has imported (the default descriptor pool), so grpcurl can also
     print the Envoy resources inside a google.protobuf.Any. With `ready`,
     the xDS services and READINESS_SERVICE report NOT_SERVING until it is set.
+    With `credentials` the port speaks TLS (server/credentials.py: mTLS);
+    without, plaintext.
     """
     server = grpc.aio.server(options=_OPTIONS)
     names: list[str] = []
@@ -102,7 +112,10 @@ async def start_grpc_server(
         # Held by the server object so the task is not collected mid-wait.
         server.xds_ingress_readiness = asyncio.create_task(serve_when_ready())  # type: ignore[attr-defined]
     reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

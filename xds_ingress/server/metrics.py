@@ -1,4 +1,10 @@
-"""Prometheus metrics of the xDS server, in a registry of their own (no globals)."""
+"""Prometheus metrics of the control plane, in a registry of their own (no globals).
+
+Mostly the xDS server's; the Kubernetes watch counters are here too so one
+registry is scraped: `XdsMetrics.kube_watch` is what app.py hands the
+Kubernetes source as its `sources.kube_watch.WatchObserver` (matched by
+shape, so the server imports nothing of the sources).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,30 @@ def _short_type(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
 
 
+@dataclass(frozen=True)
+class KubeWatchMetrics:
+    """Watch events and relists per Kubernetes kind (a kube_watch.WatchObserver)."""
+
+    event_count: Counter
+    relist_count: Counter
+
+    def listed(self, kind: str, *, objects: int, relist: bool) -> None:
+        if relist:
+            self.relist_count.labels(kind).inc()
+
+    def events(self, kind: str, *, count: int) -> None:
+        self.event_count.labels(kind).inc(count)
+
+    def bookmark(self, kind: str, *, resource_version: str) -> None:
+        pass  # counted among the events
+
+    def expired(self, kind: str) -> None:
+        pass  # the list that follows counts as the relist
+
+    def absent(self, kind: str) -> None:
+        pass
+
+
 @dataclass
 class XdsMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -22,6 +52,13 @@ class XdsMetrics:
             "xds_ingress_streams",
             "Connected xDS streams",
             ["kind"],
+            registry=self.registry,
+        )
+        self.type_streams = Gauge(
+            "xds_ingress_type_streams",
+            "Connected xDS streams by the types they asked for (an ADS stream counts once "
+            "per type)",
+            ["type", "kind"],
             registry=self.registry,
         )
         self.pushes = Counter(
@@ -58,6 +95,36 @@ class XdsMetrics:
             registry=self.registry,
         )
 
+        self.change_to_sent = Histogram(
+            "xds_ingress_change_to_sent_seconds",
+            "From the first source change of a build to a response carrying it sent to an Envoy",
+            ["type", "kind"],
+            registry=self.registry,
+            # The debounce holdoff (tens of ms) plus the build, up to a stream
+            # stuck behind a slow Envoy.
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.sent_to_ack = Histogram(
+            "xds_ingress_sent_to_ack_seconds",
+            "From a response sent to the Envoy's ACK of it",
+            ["type", "kind"],
+            registry=self.registry,
+            # An Envoy ACKs at once unless a cluster or listener must warm.
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.watch_events = Counter(
+            "xds_ingress_watch_events_total",
+            "Kubernetes watch events read (bookmarks included), by object kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.relists = Counter(
+            "xds_ingress_relists_total",
+            "Kubernetes lists after the first (410 Gone, a failed watch, a resync), by object kind",
+            ["kind"],
+            registry=self.registry,
+        )
+
     def observe_build(self, seconds: float) -> None:
         self.build_seconds.observe(seconds)
 
@@ -70,6 +137,23 @@ class XdsMetrics:
 
     def acked(self, type_url: str, kind: str) -> None:
         self.acks.labels(_short_type(type_url), kind).inc()
+
+    def type_opened(self, type_url: str, kind: str) -> None:
+        self.type_streams.labels(_short_type(type_url), kind).inc()
+
+    def type_closed(self, type_url: str, kind: str) -> None:
+        self.type_streams.labels(_short_type(type_url), kind).dec()
+
+    def observe_change_to_sent(self, type_url: str, kind: str, seconds: float) -> None:
+        self.change_to_sent.labels(_short_type(type_url), kind).observe(seconds)
+
+    def observe_sent_to_ack(self, type_url: str, kind: str, seconds: float) -> None:
+        self.sent_to_ack.labels(_short_type(type_url), kind).observe(seconds)
+
+    @property
+    def kube_watch(self) -> KubeWatchMetrics:
+        """These metrics as the Kubernetes source's WatchObserver."""
+        return KubeWatchMetrics(event_count=self.watch_events, relist_count=self.relists)
 
     def nacked(self, type_url: str, kind: str) -> None:
         self.nacks.labels(_short_type(type_url), kind).inc()

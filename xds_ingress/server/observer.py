@@ -24,6 +24,10 @@ class Answer:
     type_url: str
     # name -> version of each resource the answer is about ("" for a removal).
     resources: Mapping[str, str]
+    # Names in `resources` sent at an older version than the snapshot holds,
+    # because this Envoy rejected the snapshot's (state of the world keeps it
+    # on the last version it accepted). Accepting those fixes nothing.
+    held_back: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

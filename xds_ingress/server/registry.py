@@ -50,6 +50,8 @@ class TypeStatus:
     nacked_resources: dict[str, Nack] = field(default_factory=dict)
     subscribed: set[str] = field(default_factory=set)
     wildcard: bool = False
+    # State of the world: names kept on the version last accepted after a NACK.
+    held_back: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -8,18 +8,18 @@ version" and "When to send an update".
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_ingress.cache import Snapshot, TypeSnapshot
+from xds_ingress.cache import Resource, Snapshot, TypeSnapshot
 from xds_ingress.resources import types
+from xds_ingress.server.blame import blamed
 from xds_ingress.server.registry import StreamKind, StreamStatus
 from xds_ingress.server.stream import (
     WILDCARD_TYPES,
@@ -75,6 +75,18 @@ def with_nonce(body: bytes, nonce: str) -> bytes:
     return body + tail
 
 
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """A resource this stream's Envoy rejected, and what it is sent instead."""
+
+    # The snapshot's version that was rejected: held while the snapshot still
+    # has it, released as soon as the content changes (the fix gets its chance).
+    rejected: str
+    # The version the Envoy last accepted; None: it never accepted one, so
+    # the resource is left out.
+    substitute: Resource | None
+
+
 @dataclass
 class _TypeState:
     wildcard: bool = False
@@ -85,10 +97,28 @@ class _TypeState:
     sent_key: str = ""
     nonce: str = ""
     resend: bool = False
-    sent_names: dict[str, str] = field(default_factory=dict)
+    # The resources of the last response, and of the last one ACKed (read
+    # only: for a wildcard they are the snapshot's own mapping, not a copy).
+    sent: Mapping[str, Resource] = field(default_factory=dict)
+    acked: Mapping[str, Resource] = field(default_factory=dict)
+    # Names the last response carried at an older version than the snapshot's.
+    sent_held: frozenset[str] = frozenset()
+    holds: dict[str, _Hold] = field(default_factory=dict)
 
 
 class SotwStream(XdsStream[DiscoveryRequest]):
+    """A state-of-the-world stream.
+
+    Each response repeats every resource of its type, so a resource Envoy
+    rejected would be in every later one and get all of them rejected too:
+    one bad cluster would freeze every cluster change for this Envoy. So on
+    a NACK the resources Envoy blamed (see `blame`) are held back: later
+    responses carry the version this Envoy last accepted, or leave the
+    resource out if it never accepted one, until the snapshot's version of
+    it changes. A stream with holds builds its own response bodies; healthy
+    streams keep sharing one.
+    """
+
     def __init__(
         self,
         *,
@@ -100,6 +130,10 @@ class SotwStream(XdsStream[DiscoveryRequest]):
         super().__init__(context=context, status=status, fixed_type=fixed_type)
         self._shared = shared
         self._types: dict[str, _TypeState] = {}
+
+    def _held(self, type_url: str) -> Iterable[str]:
+        state = self._types.get(type_url)
+        return state.holds.keys() if state is not None else ()
 
     def _on_request(self, request: DiscoveryRequest) -> None:
         if request.HasField("node"):
@@ -116,25 +150,17 @@ class SotwStream(XdsStream[DiscoveryRequest]):
                 log.debug("stale nonce %s for %s ignored", request.response_nonce, type_url)
                 return
             if request.HasField("error_detail"):
-                self._record_nack(
-                    type_url=type_url,
-                    nonce=request.response_nonce,
-                    message=request.error_detail.message,
-                    rejected=f"version {status.sent_version} "
-                    f"(keeps {request.version_info or 'nothing'})",
-                    # The whole response is rejected; what it changed is
-                    # what Envoy refused (the rest it already held).
-                    resources={
-                        name: version
-                        for name, version in state.sent_names.items()
-                        if status.acked_resources.get(name) != version
-                    },
-                )
+                self._on_nack(type_url, state, request)
             else:
+                state.acked = state.sent
                 status.acked_version = request.version_info
-                status.acked_resources = dict(state.sent_names)
-                self._context.metrics.acked(type_url, StreamKind.SOTW)
-                self._record_ack(type_url=type_url, resources=status.acked_resources)
+                status.acked_resources = {n: r.version for n, r in state.sent.items()}
+                self._answered(type_url, request.response_nonce, acked=True)
+                self._record_ack(
+                    type_url=type_url,
+                    resources=status.acked_resources,
+                    held_back=state.sent_held,
+                )
         else:
             # A first request for this type on this stream: always answered,
             # even when Envoy says it already has our version (reconnect).
@@ -146,50 +172,110 @@ class SotwStream(XdsStream[DiscoveryRequest]):
         status.wildcard = state.wildcard
         status.subscribed = set(state.names)
 
-    def _responses(self, snapshot: Snapshot) -> Iterator[bytes]:
+    def _on_nack(self, type_url: str, state: _TypeState, request: DiscoveryRequest) -> None:
+        status = self._status.of_type(type_url)
+        message = request.error_detail.message
+        # The whole response is rejected, but what Envoy already held it had
+        # accepted before: only what the response changed can be at fault.
+        changed = {
+            name: resource
+            for name, resource in state.sent.items()
+            if (accepted := state.acked.get(name)) is None or accepted.version != resource.version
+        }
+        at_fault = blamed(message, changed)
+        for name in at_fault:
+            state.holds[name] = _Hold(
+                rejected=changed[name].version, substitute=state.acked.get(name)
+            )
+        status.held_back = frozenset(state.holds)
+        self._record_nack(
+            type_url=type_url,
+            nonce=request.response_nonce,
+            message=message,
+            rejected=f"version {status.sent_version} "
+            f"(keeps {request.version_info or 'nothing'}; "
+            f"holds back {', '.join(sorted(at_fault)) or 'nothing'})",
+            resources={name: changed[name].version for name in at_fault},
+        )
+
+    def _responses(self, snapshot: Snapshot) -> Iterator[tuple[str, bytes]]:
         for type_url in in_ads_order(set(self._types)):
             state = self._types[type_url]
             if not state.requested:
                 continue
             response = self._response_for(type_url, state, snapshot.of_type(type_url))
             if response is not None:
-                yield response
+                yield type_url, response
 
-    def _response_for(
-        self, type_url: str, state: _TypeState, resources: TypeSnapshot
-    ) -> bytes | None:
+    @staticmethod
+    def _release_changed(state: _TypeState, resources: TypeSnapshot) -> None:
+        """Drop the holds of resources whose snapshot version is no longer the rejected one."""
+        for name, hold in list(state.holds.items()):
+            current = resources.resources.get(name)
+            if current is None or current.version != hold.rejected:
+                # Sent even if the fix reverts to what the Envoy was held on:
+                # its ACK of the snapshot's version is what clears the status.
+                del state.holds[name]
+                state.resend = True
+
+    @staticmethod
+    def _selection(state: _TypeState, resources: TypeSnapshot) -> dict[str, Resource]:
+        """What this stream is sent of `resources`: its names, holds applied."""
         if state.wildcard:
-            key = resources.version
-            selected = resources.resources
+            selected = dict(resources.resources)
         else:
             selected = {
                 name: resources.resources[name]
                 for name in sorted(state.names)
                 if name in resources.resources
             }
-            if not selected:
+        for name, hold in state.holds.items():
+            if name not in selected:
+                continue
+            if hold.substitute is None:
+                del selected[name]
+            else:
+                selected[name] = hold.substitute
+        return selected
+
+    def _response_for(
+        self, type_url: str, state: _TypeState, resources: TypeSnapshot
+    ) -> bytes | None:
+        if state.holds:
+            self._release_changed(state, resources)
+        selected: Mapping[str, Resource]
+        shared = state.wildcard and not state.holds
+        if shared:
+            # The common case, checked without copying anything: every
+            # stream is woken on every publish.
+            key = resources.version
+            selected = resources.resources
+        else:
+            selected = self._selection(state, resources)
+            if not selected and not state.wildcard:
                 # Nothing asked for exists yet: answered when it appears.
                 return None
-            key = hashlib.blake2b(
-                "".join(f"{n}={r.version};" for n, r in selected.items()).encode(),
-                digest_size=10,
-            ).hexdigest()
+            # The version a snapshot holding exactly this content would have.
+            key = TypeSnapshot(type_url=type_url, resources=selected).version
         if key == state.sent_key and not state.resend:
             return None
         state.sent_key = key
         state.resend = False
         state.nonce = self._next_nonce()
-        if state.wildcard:
+        if shared:
             body = self._shared.wildcard_body(resources)
         else:
             body = self._shared.header(type_url=type_url, version=key) + b"".join(
-                resource.sotw_piece for resource in selected.values()
+                selected[name].sotw_piece for name in sorted(selected)
             )
-        state.sent_names = {name: resource.version for name, resource in selected.items()}
+        state.sent = selected
+        state.sent_held = frozenset(name for name in state.holds if name in selected)
         status = self._status.of_type(type_url)
         status.sent_version = key
         status.sent_nonce = state.nonce
-        status.sent_resources = dict(state.sent_names)
+        status.sent_resources = {name: resource.version for name, resource in selected.items()}
+        status.held_back = frozenset(state.holds)
+        self._prune_nacks(type_url)
         self._context.metrics.pushed(type_url, StreamKind.SOTW)
         if type_url == types.CLUSTER and types.ENDPOINT in self._types:
             # A changed cluster is re-created and warms until it gets its

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -33,6 +33,9 @@ Request = TypeVar("Request")
 # (the legacy wildcard of the xDS protocol, "How the client specifies what
 # resources to return").
 WILDCARD_TYPES = frozenset({types.LISTENER, types.CLUSTER})
+
+# Send times kept per type for responses not answered yet.
+_SENT_TIMES_KEPT = 64
 
 
 def in_ads_order(type_urls: Iterator[str] | list[str] | set[str]) -> list[str]:
@@ -69,6 +72,13 @@ class XdsStream(abc.ABC, Generic[Request]):
         self._fixed_type = fixed_type
         self._group: str | None = None
         self._nonces = itertools.count(1)
+        # Types this stream has asked for (the per-type streams gauge).
+        self._asked: set[str] = set()
+        # type -> nonce -> time.monotonic() it was sent, for sent-to-ACK latency.
+        self._sent_at: dict[str, dict[str, float]] = {}
+        # type -> the snapshot version its last response came from: a new one
+        # is a push caused by a change, whose change-to-sent latency counts.
+        self._pushed_from: dict[str, str] = {}
 
     @property
     def group(self) -> str | None:
@@ -92,6 +102,13 @@ class XdsStream(abc.ABC, Generic[Request]):
         )
 
     def _type_of(self, request_type_url: str) -> str | None:
+        type_url = self._requested_type(request_type_url)
+        if type_url is not None and type_url not in self._asked:
+            self._asked.add(type_url)
+            self._context.metrics.type_opened(type_url, self._status.kind)
+        return type_url
+
+    def _requested_type(self, request_type_url: str) -> str | None:
         if self._fixed_type is not None:
             if request_type_url and request_type_url != self._fixed_type:
                 log.warning(
@@ -103,6 +120,39 @@ class XdsStream(abc.ABC, Generic[Request]):
                 return None
             return self._fixed_type
         return request_type_url or None
+
+    def _held(self, type_url: str) -> Iterable[str]:
+        """Names this stream keeps on an older version after a NACK (see sotw)."""
+        return ()
+
+    def _sent(self, type_url: str, snapshot: Snapshot) -> None:
+        """A response of `type_url` built from `snapshot` has been handed to gRPC."""
+        now = time.monotonic()
+        kind = self._status.kind
+        times = self._sent_at.setdefault(type_url, {})
+        times[self._status.of_type(type_url).sent_nonce] = now
+        # Envoy answers every response, but bound the bookkeeping anyway.
+        while len(times) > _SENT_TIMES_KEPT:
+            del times[next(iter(times))]
+        previous = self._pushed_from.get(type_url)
+        self._pushed_from[type_url] = snapshot.version
+        # The first response of a type answers the Envoy's request, not a
+        # change; a resend from the same snapshot (after a NACK) is no change.
+        if previous is not None and previous != snapshot.version and snapshot.changed_at:
+            self._context.metrics.observe_change_to_sent(
+                type_url, kind, max(0.0, now - snapshot.changed_at)
+            )
+
+    def _answered(self, type_url: str, nonce: str, *, acked: bool) -> None:
+        """Envoy answered the response with `nonce`: count it, time an ACK."""
+        sent_at = self._sent_at.get(type_url, {}).pop(nonce, None)
+        if not acked:
+            return
+        self._context.metrics.acked(type_url, self._status.kind)
+        if sent_at is not None:
+            self._context.metrics.observe_sent_to_ack(
+                type_url, self._status.kind, time.monotonic() - sent_at
+            )
 
     def _record_nack(
         self,
@@ -116,8 +166,8 @@ class XdsStream(abc.ABC, Generic[Request]):
         """Envoy rejected a response: keep its reason, count it, log it once.
 
         Envoy stays on the last version it accepted; the stream does not
-        resend the rejected one, it waits for the next change. `resources`
-        are the rejected response's resources (name -> version).
+        resend what it rejected until that changes. `resources` are the
+        rejected resources (name -> version).
         """
         status = self._status.of_type(type_url)
         # Envoy's validation errors quote the rejected message whole, private
@@ -133,10 +183,8 @@ class XdsStream(abc.ABC, Generic[Request]):
         status.last_nack = nack
         for name in resources:
             status.nacked_resources[name] = nack
-        # Bounded by what the Envoy holds: a resource no longer sent has no
-        # status to report.
-        for name in [n for n in status.nacked_resources if n not in status.sent_resources]:
-            del status.nacked_resources[name]
+        self._prune_nacks(type_url)
+        self._answered(type_url, nonce, acked=False)
         self._context.metrics.nacked(type_url, self._status.kind)
         log.warning(
             "NACK: envoy %r (group %r) rejected %s %s: %s",
@@ -157,7 +205,26 @@ class XdsStream(abc.ABC, Generic[Request]):
             )
         )
 
-    def _record_ack(self, *, type_url: str, resources: Mapping[str, str]) -> None:
+    def _prune_nacks(self, type_url: str) -> None:
+        """Keep NACK records only of resources the Envoy is sent or held back from.
+
+        Bounded by what the Envoy holds: a resource no longer sent has no
+        status to report, unless the stream withholds it for its rejection.
+        """
+        status = self._status.of_type(type_url)
+        if not status.nacked_resources:
+            return
+        keep = set(status.sent_resources) | set(self._held(type_url))
+        for name in [n for n in status.nacked_resources if n not in keep]:
+            del status.nacked_resources[name]
+
+    def _record_ack(
+        self,
+        *,
+        type_url: str,
+        resources: Mapping[str, str],
+        held_back: frozenset[str] = frozenset(),
+    ) -> None:
         """Envoy accepted `resources` (name -> version): tell the observer."""
         self._context.observer.acked(
             Answer(
@@ -166,6 +233,7 @@ class XdsStream(abc.ABC, Generic[Request]):
                 group=self._status.node_cluster,
                 type_url=type_url,
                 resources=resources,
+                held_back=held_back,
             )
         )
 
@@ -173,7 +241,8 @@ class XdsStream(abc.ABC, Generic[Request]):
     def _on_request(self, request: Request) -> None: ...
 
     @abc.abstractmethod
-    def _responses(self, snapshot: Snapshot) -> Iterator[bytes]: ...
+    def _responses(self, snapshot: Snapshot) -> Iterator[tuple[str, bytes]]:
+        """(type_url, serialised response) for each response the snapshot calls for."""
 
     async def run(self, requests: AsyncIterator[Request]) -> AsyncIterator[bytes]:
         events: StreamEvents[Request] = StreamEvents()
@@ -197,9 +266,12 @@ class XdsStream(abc.ABC, Generic[Request]):
                 snapshot = self._context.cache.current(self._group)
                 if snapshot is None:
                     continue
-                for response in self._responses(snapshot):
+                for type_url, response in self._responses(snapshot):
                     yield response
+                    self._sent(type_url, snapshot)
         finally:
             reader.cancel()
             if cancel_watch is not None:
                 cancel_watch()
+            for type_url in self._asked:
+                self._context.metrics.type_closed(type_url, self._status.kind)

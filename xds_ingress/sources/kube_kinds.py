@@ -6,7 +6,9 @@ its paths, so one list+watch loop serves every kind, built-in or CRD.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from xds_ingress.sources import objects
@@ -20,8 +22,13 @@ class WatchedKind:
     plural: str
     namespaced: bool
     # Filters the API server applies, so objects we would ignore are never
-    # sent (nor held in memory): Secrets of other types are most Secrets.
+    # sent (nor held in memory).
     field_selector: str = ""
+    # A filter applied here, to what no field selector can express; an
+    # object it refuses is treated as deleted.
+    keep: Callable[[Mapping[str, Any]], bool] | None = None
+    # A CRD that may not be installed: its absence (404) is "no objects".
+    optional: bool = False
 
     @property
     def api_version(self) -> str:
@@ -64,26 +71,95 @@ ENDPOINT_SLICE = WatchedKind(
     plural="endpointslices",
     namespaced=True,
 )
-TLS_SECRET = WatchedKind(
+
+
+def serves_tls(secret: Mapping[str, Any]) -> bool:
+    """A Secret translation may read: a TLS key pair, or a CA bundle (`ca.crt`).
+
+    CA bundles for client-certificate checks and backend verification are
+    usually Opaque Secrets, which a field selector cannot pick out from the
+    rest; every other Secret is dropped as it arrives, never stored.
+    """
+    if secret.get("type") == TLS_SECRET_TYPE:
+        return True
+    data = secret.get("data")
+    return isinstance(data, Mapping) and CA_BUNDLE_KEY in data
+
+
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+CA_BUNDLE_KEY = "ca.crt"
+
+SERVABLE_SECRET = WatchedKind(
     group="",
     version="v1",
     kind=objects.SECRET,
     plural="secrets",
     namespaced=True,
-    field_selector="type=kubernetes.io/tls",
+    keep=serves_tls,
 )
 
-# What the Ingress translation reads. Gateway API kinds (Gateway, GRPCRoute,
-# HTTPRoute, ReferenceGrant under gateway.networking.k8s.io) will be a second
-# tuple beside this one, added to objects.SUPPORTED_KINDS at the same time.
-# Their CRDs may be missing or installed later, so their watches must treat
-# a 404 on list as "no objects yet, look again later" instead of an error
-# that holds the startup barrier shut; that is the one thing KindWatch does
-# not do yet.
+# What the Ingress translation reads.
 INGRESS_KINDS: tuple[WatchedKind, ...] = (
     INGRESS_CLASS,
     INGRESS,
     SERVICE,
     ENDPOINT_SLICE,
-    TLS_SECRET,
+    SERVABLE_SECRET,
 )
+
+# Gateway API, at the versions the standard channel serves (sigs.k8s.io/
+# gateway-api v1.4: v1 for all but ReferenceGrant, which is still v1beta1
+# only). Their CRDs may be missing or installed later: `optional` makes a
+# 404 on list mean "none yet, look again later" instead of an error that
+# holds the startup barrier shut (see KindWatch).
+GATEWAY_CLASS = WatchedKind(
+    group=objects.GATEWAY_GROUP,
+    version="v1",
+    kind=objects.GATEWAY_CLASS,
+    plural="gatewayclasses",
+    namespaced=False,
+    optional=True,
+)
+GATEWAY = WatchedKind(
+    group=objects.GATEWAY_GROUP,
+    version="v1",
+    kind=objects.GATEWAY,
+    plural="gateways",
+    namespaced=True,
+    optional=True,
+)
+GRPC_ROUTE = WatchedKind(
+    group=objects.GATEWAY_GROUP,
+    version="v1",
+    kind=objects.GRPC_ROUTE,
+    plural="grpcroutes",
+    namespaced=True,
+    optional=True,
+)
+HTTP_ROUTE = WatchedKind(
+    group=objects.GATEWAY_GROUP,
+    version="v1",
+    kind=objects.HTTP_ROUTE,
+    plural="httproutes",
+    namespaced=True,
+    optional=True,
+)
+REFERENCE_GRANT = WatchedKind(
+    group=objects.GATEWAY_GROUP,
+    version="v1beta1",
+    kind=objects.REFERENCE_GRANT,
+    plural="referencegrants",
+    namespaced=True,
+    optional=True,
+)
+
+GATEWAY_KINDS: tuple[WatchedKind, ...] = (
+    GATEWAY_CLASS,
+    GATEWAY,
+    GRPC_ROUTE,
+    HTTP_ROUTE,
+    REFERENCE_GRANT,
+)
+
+# Everything the translation reads, as the Kubernetes source watches it.
+ALL_KINDS: tuple[WatchedKind, ...] = INGRESS_KINDS + GATEWAY_KINDS

@@ -13,6 +13,18 @@ The loop is the reflector every Kubernetes controller runs:
    any other failure: wait (capped exponential backoff with jitter) and
    resume from the last resourceVersion, or list if there is none.
 
+A kind served by a CRD that may be missing (`WatchedKind.optional`, the
+Gateway API) treats 404 as "the CRD is not installed": its objects are
+none (dropping any held, for a CRD that was removed), it counts as synced
+so the startup barrier does not wait for a CRD nobody installed, and it
+lists again on a slow backoff until the CRD appears. Polling the kind's own
+list costs one small 404 per interval and needs no permission beyond the
+list the watch needs anyway; watching customresourcedefinitions instead
+would react faster but need cluster-wide read of every CRD.
+
+Bookmarks carry only a resourceVersion; it is what the next watch resumes
+from (`resource_version`), and `bookmarks` counts them.
+
 The HTTP calls block, so they run on a thread pool the source owns; JSON is
 decoded and objects are built there too. The sink (the store) is only ever
 called from this coroutine, on the event loop's thread.
@@ -26,7 +38,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from xds_ingress.sources.backoff import Backoff
 from xds_ingress.sources.kube_api import (
@@ -50,6 +62,43 @@ DEFAULT_WATCH_TIMEOUT_SECONDS = 300
 # A watch that ends on its own this soon having delivered nothing is a
 # server (or proxy) misbehaving; resuming at once would spin, so back off.
 MIN_QUIET_WATCH_SECONDS = 1.0
+NOT_FOUND = 404
+
+
+def absent_backoff() -> Backoff:
+    """How often a missing CRD is looked for: soon after startup, then every 10 s at most."""
+    return Backoff(initial_seconds=1.0, max_seconds=10.0)
+
+
+class WatchObserver(Protocol):
+    """What a KindWatch reports, for metrics; every method defaults to doing nothing.
+
+    Called on the event loop's thread; must return at once.
+    """
+
+    def listed(self, kind: str, *, objects: int, relist: bool) -> None:
+        """A list completed (`relist`: not the first one)."""
+        return None
+
+    def events(self, kind: str, *, count: int) -> None:
+        """`count` watch events arrived (bookmarks included)."""
+        return None
+
+    def bookmark(self, kind: str, *, resource_version: str) -> None:
+        """A bookmark moved the resourceVersion the next watch resumes from."""
+        return None
+
+    def expired(self, kind: str) -> None:
+        """410 Gone: the kind is listed again."""
+        return None
+
+    def absent(self, kind: str) -> None:
+        """The kind's CRD is not installed (404); looked for again later."""
+        return None
+
+
+class QuietObserver(WatchObserver):
+    """The default WatchObserver: reports go nowhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +114,8 @@ class _Batch:
     updates: tuple[KubeObject | ObjectKey, ...]
     resource_version: str
     events: int
+    bookmarks: int = 0
+    bookmark_resource_version: str = ""  # of the last bookmark in the batch
 
 
 class KindWatch:
@@ -81,6 +132,8 @@ class KindWatch:
         watch_timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_SECONDS,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        absent: Backoff | None = None,
+        observer: WatchObserver | None = None,
     ) -> None:
         self.kind = kind
         self.namespace = namespace
@@ -94,7 +147,17 @@ class KindWatch:
         self._resource_version: str | None = None  # None: list before watching
         self._stream: WatchStream | None = None
         self._relist_requested = False
+        self._absent_backoff = absent if absent is not None else absent_backoff()
+        self._observer: WatchObserver = observer if observer is not None else QuietObserver()
         self.lists = 0  # how many lists completed; read by tests and logs
+        self.bookmarks = 0  # how many bookmarks arrived
+        # Whether the kind's CRD was found by the last list (None: not asked yet).
+        self.installed: bool | None = None
+
+    @property
+    def resource_version(self) -> str | None:
+        """Where the next watch resumes from; None: it lists first."""
+        return self._resource_version
 
     @property
     def origin(self) -> str:
@@ -124,6 +187,7 @@ class KindWatch:
             except ResourceExpired as error:
                 resumed = self._resource_version is not None and not listed
                 self._resource_version = None
+                self._observer.expired(self.kind.kind)
                 if resumed:
                     # The usual case: we resumed a watch from a resourceVersion
                     # the server no longer keeps. List at once.
@@ -134,6 +198,15 @@ class KindWatch:
                     await self._pause(str(error))
                 continue
             except ApiError as error:
+                if error.status == NOT_FOUND and self.kind.optional:
+                    if self._resource_version is not None and not listed:
+                        # From a watch: only a list says the CRD is gone,
+                        # before its objects are dropped.
+                        self._resource_version = None
+                        await self._pause(str(error))
+                    else:
+                        await self._not_installed()
+                    continue
                 await self._pause(str(error))
                 continue
             except Exception:
@@ -158,6 +231,20 @@ class KindWatch:
         log.warning("%s: %s; retrying in %.1f s", self._what, problem, delay)
         await asyncio.sleep(delay)
 
+    async def _not_installed(self) -> None:
+        """The CRD is missing (or was removed): no objects, synced, look again later."""
+        self._resource_version = None
+        if self.installed is not False:
+            log.info(
+                "%s: not served by the API server (is its CRD installed?); no objects until it is",
+                self._what,
+            )
+            self._sink.replace_all((), origin=self.origin)
+            self.installed = False
+        self.synced.set()
+        self._observer.absent(self.kind.kind)
+        await asyncio.sleep(self._absent_backoff.next_delay())
+
     async def _list(self) -> None:
         listed = await self._blocking(_list_objects, self._api, self.kind, self.namespace)
         if not listed.resource_version:
@@ -165,6 +252,13 @@ class KindWatch:
         self._sink.replace_all(listed.objects, origin=self.origin)
         self._resource_version = listed.resource_version
         self.lists += 1
+        if self.installed is False:
+            log.info("%s: now served by the API server", self._what)
+        self.installed = True
+        self._absent_backoff.reset()
+        self._observer.listed(
+            self.kind.kind, objects=len(listed.objects), relist=self.synced.is_set()
+        )
         if not self.synced.is_set():
             log.info("%s: %d objects listed", self._what, len(listed.objects))
             self.synced.set()
@@ -212,6 +306,12 @@ class KindWatch:
                 self._sink.delete(update, origin=self.origin)
         if batch.resource_version:
             self._resource_version = batch.resource_version
+        self._observer.events(self.kind.kind, count=batch.events)
+        if batch.bookmarks:
+            self.bookmarks += batch.bookmarks
+            self._observer.bookmark(
+                self.kind.kind, resource_version=batch.bookmark_resource_version
+            )
 
     async def _blocking(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         future = self._executor.submit(function, *args, **kwargs)
@@ -235,6 +335,8 @@ def _list_objects(api: KubeApi, kind: WatchedKind, namespace: str | None) -> _Li
     listed = api.list_all(kind, namespace=namespace)
     objects = []
     for item in listed.items:
+        if kind.keep is not None and not kind.keep(item):
+            continue
         obj = _parse(item, kind=kind)
         if obj is not None:
             objects.append(obj)
@@ -247,22 +349,34 @@ def _read_batch(stream: WatchStream, kind: WatchedKind) -> _Batch | None:
         return None
     updates: list[KubeObject | ObjectKey] = []
     resource_version = ""
+    bookmarks = 0
+    bookmark_resource_version = ""
     for event in events:
         metadata = event.object.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("resourceVersion"), str):
             resource_version = metadata["resourceVersion"]
         if event.type == "BOOKMARK":
+            bookmarks += 1
+            bookmark_resource_version = resource_version
             continue
         obj = _parse(event.object, kind=kind)
         if obj is None:
             continue
-        if event.type == "DELETED":
+        if event.type == "DELETED" or (kind.keep is not None and not kind.keep(event.object)):
+            # One we no longer keep is gone for us (a delete of one never
+            # stored is a no-op for the store).
             updates.append(obj.key)
         elif event.type in ("ADDED", "MODIFIED"):
             updates.append(obj)
         else:
             log.warning("%s watch: unknown event type %r; ignored", kind.kind, event.type)
-    return _Batch(updates=tuple(updates), resource_version=resource_version, events=len(events))
+    return _Batch(
+        updates=tuple(updates),
+        resource_version=resource_version,
+        events=len(events),
+        bookmarks=bookmarks,
+        bookmark_resource_version=bookmark_resource_version,
+    )
 
 
 def _parse(document: dict[str, Any], *, kind: WatchedKind) -> KubeObject | None:

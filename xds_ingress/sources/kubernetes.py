@@ -5,7 +5,8 @@ Services. `synced` is the startup barrier: it is set once every kind's first
 list is in the store, and the pipeline publishes nothing before that, so an
 Envoy never sees routes without their backends at boot. A kind whose list
 keeps failing (the API server is down, RBAC forbids it) holds the barrier
-shut and says so in the log on every retry.
+shut and says so in the log on every retry; a Gateway API kind whose CRD
+is not installed does not (it has no objects yet; see kube_watch).
 
 `namespace` scopes the namespaced kinds (--watch-namespace); cluster-scoped
 kinds (IngressClass) are always watched cluster-wide.
@@ -23,8 +24,13 @@ from kubernetes.client import ApiClient, Configuration
 
 from xds_ingress.sources.backoff import Backoff
 from xds_ingress.sources.kube_api import KubeApi
-from xds_ingress.sources.kube_kinds import INGRESS_KINDS, WatchedKind
-from xds_ingress.sources.kube_watch import DEFAULT_WATCH_TIMEOUT_SECONDS, KindWatch
+from xds_ingress.sources.kube_kinds import ALL_KINDS, WatchedKind
+from xds_ingress.sources.kube_watch import (
+    DEFAULT_WATCH_TIMEOUT_SECONDS,
+    KindWatch,
+    WatchObserver,
+    absent_backoff,
+)
 from xds_ingress.sources.sink import ObjectSink
 
 log = logging.getLogger(__name__)
@@ -38,9 +44,11 @@ class KubernetesSource:
         *,
         configuration: Configuration,
         namespace: str | None = None,
-        kinds: Sequence[WatchedKind] = INGRESS_KINDS,
+        kinds: Sequence[WatchedKind] = ALL_KINDS,
         watch_timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_SECONDS,
         backoff: Callable[[], Backoff] = Backoff,
+        absent: Callable[[], Backoff] = absent_backoff,
+        observer: WatchObserver | None = None,
     ) -> None:
         self.namespace = namespace
         self.kinds = tuple(kinds)
@@ -58,6 +66,8 @@ class KubernetesSource:
         self._configuration.retries = False
         self._watch_timeout = watch_timeout_seconds
         self._backoff = backoff
+        self._absent = absent
+        self._observer = observer
 
     def resync(self) -> None:
         """List every kind again (what a 410 does to one); nothing that still exists is dropped."""
@@ -83,6 +93,8 @@ class KubernetesSource:
                 executor=executor,
                 watch_timeout_seconds=self._watch_timeout,
                 backoff=self._backoff(),
+                absent=self._absent(),
+                observer=self._observer,
             )
             for kind in self.kinds
         )
@@ -102,5 +114,12 @@ class KubernetesSource:
     async def _open_barrier(self) -> None:
         for watch in self.watches:
             await watch.synced.wait()
-        log.info("Kubernetes source synced: every kind listed")
+        absent = [watch.kind.kind for watch in self.watches if watch.installed is False]
+        if absent:
+            log.info(
+                "Kubernetes source synced: every kind listed (not installed: %s)",
+                ", ".join(absent),
+            )
+        else:
+            log.info("Kubernetes source synced: every kind listed")
         self.synced.set()

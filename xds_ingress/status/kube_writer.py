@@ -3,12 +3,19 @@
 `update` (the StatusSink the status stage calls after every build and NACK)
 only compares and queues keys; a background task does the writing through
 the `kubernetes` client on worker threads, and only while this replica holds
-the Lease (leader.py). Two kinds of write:
+the Lease (leader.py). Three kinds of write:
 
 - Ingress status.loadBalancer.ingress, from the --publish-service Service
   (polled). Written only when it differs: first from the object the source
   already holds, then from a fresh read, so our own write coming back through
   the watch costs one comparison, never another write.
+- Gateway API status: our GatewayClasses' Accepted, a Gateway's conditions
+  and listeners (for Gateways of our GatewayClasses), and our entries in a
+  GRPCRoute's or HTTPRoute's status.parents (other controllers' entries
+  are left as they are); planned by gateway_planner.py, compared first
+  against the source's copy, then read fresh and merge-patched with that
+  read's resourceVersion, so a concurrent write by another controller is a
+  409 and a retry, never lost.
 - core/v1 Events (type Warning) for every False condition, including NACKs
   (Programmed/Rejected). One per distinct condition: the Event's name is a
   hash of it, so a rebuild, a restart or a new leader finds it already there
@@ -29,19 +36,28 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import urllib3
-from kubernetes.client import ApiClient, Configuration, CoreV1Api, NetworkingV1Api
+from kubernetes.client import (
+    ApiClient,
+    Configuration,
+    CoreV1Api,
+    CustomObjectsApi,
+    NetworkingV1Api,
+)
 from kubernetes.client.exceptions import ApiException
 
 from xds_ingress import ir
-from xds_ingress.sources.objects import KubeObject
+from xds_ingress.sources.objects import GATEWAY_GROUP, KubeObject
 from xds_ingress.status.addresses import (
     Addresses,
     ingress_addresses,
     service_addresses,
     status_patch,
 )
+from xds_ingress.status.gateway_api import STATUS_RESOURCES
+from xds_ingress.status.gateway_planner import GatewayApiPlanner
 from xds_ingress.status.leader import LeaseElector, LeaseTiming, micro_time
 from xds_ingress.status.pending import Pending
+from xds_ingress.translate.settings import DEFAULT_CONTROLLER_NAME
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +82,8 @@ class StatusSettings:
     timing: LeaseTiming = field(default_factory=LeaseTiming)
     poll_seconds: float = 10.0
     capacity: int = 10_000
+    # The GatewayClass controllerName, and our parents entries' controllerName.
+    controller_name: str = DEFAULT_CONTROLLER_NAME
 
 
 class WriteError(Exception):
@@ -82,6 +100,16 @@ class _EventKey:
     condition: ir.Condition
 
 
+@dataclass(frozen=True, slots=True)
+class _GatewayApiKey:
+    ref: ir.ObjectRef
+
+
+_Key = _IngressKey | _EventKey | _GatewayApiKey
+# The Gateway API version whose status we read and write.
+GATEWAY_API_VERSION = "v1"
+
+
 class KubeStatusWriter:
     """Implements status.StatusSink; `run` writes until cancelled."""
 
@@ -91,13 +119,15 @@ class KubeStatusWriter:
         self.settings = settings
         self._configuration = copy.deepcopy(configuration)
         self._lookup = lookup
-        self._pending: Pending[_IngressKey | _EventKey] = Pending(capacity=settings.capacity)
+        self._pending: Pending[_Key] = Pending(capacity=settings.capacity)
+        self._gateway_api = GatewayApiPlanner(lookup=lookup, controller=settings.controller_name)
         self._ingresses: frozenset[ir.ObjectRef] = frozenset()
         self._warnings: frozenset[ir.Condition] = frozenset()
         self._emitted: set[ir.Condition] = set()
         self._addresses: Addresses | None = None  # None: not read yet
         self.elector: LeaseElector | None = None
         self.status_writes = 0
+        self.gateway_api_writes = 0
         self.events_created = 0
 
     @property
@@ -115,6 +145,7 @@ class KubeStatusWriter:
         )
         # A condition that went away may come back later: it is news again.
         self._emitted &= self._warnings
+        self._gateway_api.update(conditions)
         if self.leading:
             self._queue_all()
 
@@ -123,6 +154,9 @@ class KubeStatusWriter:
             for ref in sorted(self._ingresses):
                 if self._differs_in_store(ref):
                     self._pending.put(_IngressKey(ref))
+        for ref in self._gateway_api.refs():
+            if self._gateway_api.differs_in_store(ref):
+                self._pending.put(_GatewayApiKey(ref))
         for condition in sorted(self._warnings - self._emitted):
             self._pending.put(_EventKey(condition))
 
@@ -150,6 +184,7 @@ class KubeStatusWriter:
         client = ApiClient(self._configuration)
         self._core = CoreV1Api(client)
         self._networking = NetworkingV1Api(client)
+        self._custom = CustomObjectsApi(client)
         self._executor = executor
         self.elector = LeaseElector(
             client=client,
@@ -180,6 +215,8 @@ class KubeStatusWriter:
             try:
                 if isinstance(key, _IngressKey):
                     await self._write_ingress(key.ref)
+                elif isinstance(key, _GatewayApiKey):
+                    await self._write_gateway_api(key.ref)
                 else:
                     await self._create_event(key.condition)
             except WriteError as error:
@@ -187,8 +224,10 @@ class KubeStatusWriter:
                 await asyncio.sleep(self.settings.timing.retry_seconds)
                 self._requeue(key)
 
-    def _requeue(self, key: _IngressKey | _EventKey) -> None:
+    def _requeue(self, key: _Key) -> None:
         if isinstance(key, _IngressKey) and key.ref in self._ingresses:
+            self._pending.put(key)
+        elif isinstance(key, _GatewayApiKey) and self._gateway_api.knows(key.ref):
             self._pending.put(key)
         elif isinstance(key, _EventKey) and key.condition in self._warnings:
             self._pending.put(key)
@@ -255,6 +294,84 @@ class KubeStatusWriter:
             self.events_created += 1
         if condition in self._warnings:
             self._emitted.add(condition)
+
+    async def _write_gateway_api(self, ref: ir.ObjectRef) -> None:
+        if not self._gateway_api.knows(ref):
+            return
+        current = await self._call(lambda: self._read_custom_status(ref))
+        if current is None:
+            return  # deleted meanwhile
+        existing = current.get("status")
+        existing = existing if isinstance(existing, dict) else {}
+        now = micro_time().split(".")[0] + "Z"  # metav1.Time has whole seconds
+        wanted = self._gateway_api.wanted(ref, existing=existing, now=now)
+        if wanted is None or wanted == existing:
+            self._gateway_api.written(ref)
+            return
+        metadata = current.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        patch = {"metadata": {"resourceVersion": version}, "status": wanted}
+        await self._call(lambda: self._patch_custom_status(ref, patch))
+        self.gateway_api_writes += 1
+        self._gateway_api.written(ref)
+        log.info("%s: status written", ref)
+
+    def _read_custom_status(self, ref: ir.ObjectRef) -> dict[str, Any] | None:
+        with _api_errors(f"read {ref} status"):
+            try:
+                if not ref.namespace:  # a GatewayClass
+                    response = self._custom.get_cluster_custom_object_status(
+                        GATEWAY_GROUP,
+                        GATEWAY_API_VERSION,
+                        STATUS_RESOURCES[ref.kind],
+                        ref.name,
+                        _preload_content=False,
+                        _request_timeout=10,
+                    )
+                else:
+                    response = self._custom.get_namespaced_custom_object_status(
+                        GATEWAY_GROUP,
+                        GATEWAY_API_VERSION,
+                        ref.namespace,
+                        STATUS_RESOURCES[ref.kind],
+                        ref.name,
+                        _preload_content=False,
+                        _request_timeout=10,
+                    )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            document: dict[str, Any] = json.loads(response.data)
+            return document
+
+    def _patch_custom_status(self, ref: ir.ObjectRef, patch: dict[str, Any]) -> None:
+        # A merge patch replaces each list it names whole; the resourceVersion
+        # makes it fail (409) if the object changed since it was read.
+        with _api_errors(f"{ref} status"):
+            if not ref.namespace:  # a GatewayClass
+                self._custom.patch_cluster_custom_object_status(
+                    GATEWAY_GROUP,
+                    GATEWAY_API_VERSION,
+                    STATUS_RESOURCES[ref.kind],
+                    ref.name,
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                    _request_timeout=10,
+                )
+            else:
+                self._custom.patch_namespaced_custom_object_status(
+                    GATEWAY_GROUP,
+                    GATEWAY_API_VERSION,
+                    ref.namespace,
+                    STATUS_RESOURCES[ref.kind],
+                    ref.name,
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                    _request_timeout=10,
+                )
 
     def _patch_ingress(self, ref: ir.ObjectRef, wanted: Addresses) -> bool:
         """True if written; False if it already said `wanted`, or is gone."""

@@ -1,8 +1,10 @@
 """NACKs held per stream and resource until the resource is ACKed again.
 
 A NACK stays against (stream, type_url, name) until the same stream ACKs
-that resource (any version: Envoy then holds something it accepted), the
-stream closes, or the resource leaves the configuration. Turning what is
+the snapshot's current version of that resource, the stream closes, or the
+resource leaves the configuration. An ACK of an older version the server
+held back in its place (`Answer.held_back`) fixes nothing: Envoy runs the
+old configuration, and the object's change is still not applied. Turning what is
 held into conditions is `programmed_conditions`, read through the origins
 of the current configuration.
 """
@@ -66,6 +68,8 @@ class Rejections:
             return False
         released = False
         for name in answer.resources:
+            if name in answer.held_back:
+                continue
             if held.pop((answer.type_url, name), None) is not None:
                 released = True
         if not held:
@@ -95,6 +99,17 @@ class Rejections:
             for key, entry in held.items():
                 by_key[key].append(entry)
         return {key: tuple(sorted(entries, key=_node)) for key, entries in by_key.items()}
+
+
+def by_object(
+    held: Mapping[ResourceKey, tuple[Held, ...]], *, origins: Origins
+) -> dict[ir.ObjectRef, list[tuple[ResourceKey, Held]]]:
+    """Each object behind a rejected resource, with the rejections it is behind."""
+    found: dict[ir.ObjectRef, list[tuple[ResourceKey, Held]]] = defaultdict(list)
+    for key in sorted(held):
+        for ref in origins.get(key, frozenset()):
+            found[ref].extend((key, entry) for entry in held[key])
+    return dict(found)
 
 
 def programmed_conditions(

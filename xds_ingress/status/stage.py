@@ -4,7 +4,8 @@ It listens to the pipeline (`built`, after every successful build) and to
 the xDS server (`XdsObserver`: every ACK, NACK and closed stream). A NACK is
 mapped to the objects behind the rejected resources (`origins`), logged once
 per object naming it and its file, and held as a `Programmed` condition
-(status False, reason `Rejected`) until that stream ACKs the resource again.
+(status False, reason `Rejected`) until that stream ACKs the resource at the
+snapshot's version (not an older one held back in its place: see rejections).
 
 Everything here runs on the event loop and only computes; writing status to
 Kubernetes is the `StatusSink`'s job, which must not block (see kube_writer).
@@ -16,9 +17,18 @@ import logging
 from typing import Protocol
 
 from xds_ingress import ir
+from xds_ingress.server.conditions import ObjectCondition, RejectedBy
 from xds_ingress.server.observer import Answer, Rejection
-from xds_ingress.status.origins import Locate, Origins, origins
-from xds_ingress.status.rejections import Rejections, programmed_conditions
+from xds_ingress.status.origins import Locate, Origins, ResourceKey, origins
+from xds_ingress.status.rejections import (
+    PROGRAMMED,
+    REJECTED,
+    Held,
+    Rejections,
+    by_object,
+    programmed_conditions,
+    summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,20 @@ class StatusStage:
 
     def programmed(self) -> tuple[ir.Condition, ...]:
         return self._programmed
+
+    def object_conditions(self) -> tuple[ObjectCondition, ...]:
+        """`conditions()` for the admin API (a server.conditions.ConditionSource),
+        each Programmed=False with the Envoy rejections behind it."""
+        behind = by_object(self._rejections.held(), origins=self._origins)
+        return tuple(
+            _object_condition(
+                condition,
+                behind.get(condition.object, [])
+                if (condition.type, condition.reason) == (PROGRAMMED, REJECTED)
+                else [],
+            )
+            for condition in self.conditions()
+        )
 
     # ------------------------------------------------------------ the pipeline
 
@@ -107,3 +131,32 @@ class StatusStage:
                 log.warning("%s: %s", ref, condition.message)
         for ref in old.keys() - new.keys():
             log.info("%s: Envoy accepted its configuration again", ref)
+
+
+def _object_condition(
+    condition: ir.Condition, rejections: list[tuple[ResourceKey, Held]]
+) -> ObjectCondition:
+    ref = condition.object
+    return ObjectCondition(
+        kind=ref.kind,
+        namespace=ref.namespace,
+        name=ref.name,
+        source=ref.source,
+        type=condition.type,
+        status=str(condition.status),
+        reason=condition.reason,
+        message=condition.message,
+        rejections=tuple(
+            RejectedBy(
+                node_id=held.node_id,
+                group=held.group,
+                type_url=type_url,
+                resource_name=name,
+                version=held.version,
+                # The reason, not the resource Envoy quotes whole (see summary):
+                # ListNodes and CSDS have the full text.
+                message=summary(held.message),
+            )
+            for (type_url, name), held in rejections
+        ),
+    )

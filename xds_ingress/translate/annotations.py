@@ -25,6 +25,13 @@ GRPC_TIMEOUT_MAX = PREFIX + "grpc-timeout-max"
 STREAM_IDLE_TIMEOUT = PREFIX + "stream-idle-timeout"
 RETRY_ON = PREFIX + "retry-on"
 RETRIES = PREFIX + "retries"
+LOAD_BALANCER = PREFIX + "load-balancer"
+HASH_HEADER = PREFIX + "hash-header"
+GRPC_ONLY = PREFIX + "grpc-only"
+CLIENT_CA_SECRET = PREFIX + "client-ca-secret"
+CLIENT_CERT = PREFIX + "client-cert"
+BACKEND_CA_SECRET = PREFIX + "backend-ca-secret"
+BACKEND_SNI = PREFIX + "backend-sni"
 # On a Service: how Envoy checks its endpoints.
 HEALTH_CHECK = PREFIX + "health-check"
 HEALTH_CHECK_SERVICE = PREFIX + "health-check-service"
@@ -34,7 +41,21 @@ NGINX_BACKEND_PROTOCOL = NGINX_PREFIX + "backend-protocol"
 NGINX_PROXY_READ_TIMEOUT = NGINX_PREFIX + "proxy-read-timeout"
 NGINX_PROXY_SEND_TIMEOUT = NGINX_PREFIX + "proxy-send-timeout"
 
-INGRESS_ANNOTATIONS = frozenset({GRPC_TIMEOUT_MAX, STREAM_IDLE_TIMEOUT, RETRY_ON, RETRIES})
+INGRESS_ANNOTATIONS = frozenset(
+    {
+        GRPC_TIMEOUT_MAX,
+        STREAM_IDLE_TIMEOUT,
+        RETRY_ON,
+        RETRIES,
+        LOAD_BALANCER,
+        HASH_HEADER,
+        GRPC_ONLY,
+        CLIENT_CA_SECRET,
+        CLIENT_CERT,
+        BACKEND_CA_SECRET,
+        BACKEND_SNI,
+    }
+)
 SERVICE_ANNOTATIONS = frozenset({HEALTH_CHECK, HEALTH_CHECK_SERVICE})
 
 INVALID_ANNOTATION = "InvalidAnnotation"
@@ -55,6 +76,38 @@ _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _HEALTH_CHECK_KINDS = ("grpc", "none")
 # gRPC service names are dotted identifiers; anything else can never match.
 _GRPC_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+# An HTTP field name (RFC 9110 token), lowercase as HTTP/2 carries it; no
+# pseudo-headers.
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+# ingress-nginx's values that say the backend speaks gRPC (HTTP2 does not).
+_GRPC_BACKEND_PROTOCOLS = frozenset({"GRPC", "GRPCS"})
+_CLIENT_CERT_MODES = {"required": True, "optional": False}
+_BOOLEANS = {"true": True, "false": False}
+# A Kubernetes object name (RFC 1123 subdomain).
+_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# A DNS name for SNI.
+_SNI = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendOptions:
+    """What an Ingress asks of the Envoy clusters of the Services it routes to.
+
+    `ca_secret` names a Secret (same namespace) whose ca.crt verifies a
+    GRPCS backend; `sni` None sends the Service's DNS name, "" none.
+    """
+
+    load_balancer: ir.LoadBalancer = ir.LoadBalancer.ROUND_ROBIN
+    ca_secret: str | None = None
+    sni: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCertificates:
+    """Client certificates checked against the ca.crt of Secret `ca_secret` (same namespace)."""
+
+    ca_secret: str
+    required: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +117,8 @@ class IngressOptions:
     policy: ir.RoutePolicy = field(default_factory=ir.RoutePolicy)
     # None: the Service port decides (appProtocol, port name).
     backend_protocol: ir.UpstreamProtocol | None = None
+    backend: BackendOptions = field(default_factory=BackendOptions)
+    client_certificates: ClientCertificates | None = None
 
 
 def ingress_options(ingress: KubeObject, *, findings: Findings) -> IngressOptions:
@@ -75,6 +130,9 @@ def ingress_options(ingress: KubeObject, *, findings: Findings) -> IngressOption
             report.invalid(name, f"is not an Ingress annotation of xds-ingress{hint}; ignored")
     defaults = ir.RoutePolicy()
     grpc_timeout_max = report.duration(annotations, GRPC_TIMEOUT_MAX)
+    backend = _backend_options(annotations, report=report)
+    client_certificates = _client_certificates(annotations, report=report)
+    _check_applies(ingress, report=report)
     policy = ir.RoutePolicy(
         grpc_timeout_max_ms=(
             defaults.grpc_timeout_max_ms if grpc_timeout_max is None else grpc_timeout_max
@@ -82,10 +140,46 @@ def ingress_options(ingress: KubeObject, *, findings: Findings) -> IngressOption
         stream_idle_timeout_ms=_stream_idle_timeout(annotations, report=report),
         retry_on=_retry_on(annotations, report=report) or defaults.retry_on,
         num_retries=_retries(annotations, report=report, default=defaults.num_retries),
+        hash_header=_hash_header(annotations, backend=backend, report=report),
+        grpc_only=_grpc_only(annotations, report=report),
+        client_certificate_required=(
+            client_certificates is not None and client_certificates.required
+        ),
     )
     return IngressOptions(
-        policy=policy, backend_protocol=_backend_protocol(annotations, report=report)
+        policy=policy,
+        backend_protocol=_backend_protocol(annotations, report=report),
+        backend=backend,
+        client_certificates=client_certificates,
     )
+
+
+def _check_applies(ingress: KubeObject, *, report: _Reporter) -> None:
+    """Report annotations that cannot do what they say on this Ingress."""
+    annotations = ingress.annotations
+    protocol = (annotations.get(NGINX_BACKEND_PROTOCOL) or "").strip().upper()
+    for name in (BACKEND_CA_SECRET, BACKEND_SNI):
+        if name in annotations and protocol != "GRPCS":
+            # Only GRPCS speaks TLS to the backend; nothing to verify otherwise.
+            report.invalid(name, f"needs {NGINX_BACKEND_PROTOCOL}: GRPCS; ignored")
+    spec = ingress.body.get("spec")
+    has_tls = isinstance(spec, Mapping) and bool(spec.get("tls"))
+    if CLIENT_CA_SECRET in annotations and not has_tls:
+        report.invalid(
+            CLIENT_CA_SECRET,
+            "the Ingress has no spec.tls, so no client can present a certificate; "
+            "routes that require one answer 403",
+        )
+
+
+def backend_options(ingress: KubeObject, *, findings: Findings) -> BackendOptions:
+    """The cluster options an Ingress asks for (each bad value reported on it)."""
+    return _backend_options(ingress.annotations, report=_Reporter(ingress, findings=findings))
+
+
+def client_certificates(ingress: KubeObject, *, findings: Findings) -> ClientCertificates | None:
+    """The client certificates an Ingress's TLS hosts require; None: none."""
+    return _client_certificates(ingress.annotations, report=_Reporter(ingress, findings=findings))
 
 
 def service_health_check(service: KubeObject, *, findings: Findings) -> ir.GrpcHealthCheck | None:
@@ -148,7 +242,13 @@ class _Reporter:
         if value is None:
             return None
         text = value.strip()
-        if not text.isascii() or not text.isdigit() or int(text) * 1000 > MAX_DURATION_MS:
+        # The length check first: int() refuses a string of over 4300 digits.
+        if (
+            not text.isascii()
+            or not text.isdigit()
+            or len(text) > 12
+            or int(text) * 1000 > MAX_DURATION_MS
+        ):
             self.invalid(name, f"{value!r} is not a whole number of seconds; the default is used")
             return None
         return int(text) * 1000
@@ -159,7 +259,9 @@ def parse_duration_ms(value: str) -> int | None:
     text = value.strip()
     if text == "0":
         return 0
-    if not text or _DURATION.sub("", text):
+    # A few dozen characters hold any duration up to the maximum; a longer
+    # one would only make int() parse (or refuse) thousands of digits.
+    if not text or len(text) > 64 or _DURATION.sub("", text):
         return None  # something besides number+unit pairs
     total = sum(int(number) * _DURATION_UNITS_MS[unit] for number, unit in _DURATION.findall(text))
     return total if total <= MAX_DURATION_MS else None
@@ -204,7 +306,7 @@ def _retries(annotations: Mapping[str, str], *, report: _Reporter, default: int)
     if value is None:
         return default
     text = value.strip()
-    if not text.isascii() or not text.isdigit() or int(text) > MAX_RETRIES:
+    if not text.isascii() or not text.isdigit() or len(text) > 3 or int(text) > MAX_RETRIES:
         report.invalid(
             RETRIES, f"{value!r} is not a whole number from 0 to {MAX_RETRIES}; {default} is used"
         )
@@ -226,3 +328,108 @@ def _backend_protocol(
             f"{', '.join(sorted(_BACKEND_PROTOCOLS))}); the Service port decides",
         )
     return protocol
+
+
+def _load_balancer(annotations: Mapping[str, str], *, report: _Reporter) -> ir.LoadBalancer | None:
+    value = annotations.get(LOAD_BALANCER)
+    if value is None:
+        return None
+    try:
+        return ir.LoadBalancer(value.strip().lower())
+    except ValueError:
+        report.invalid(
+            LOAD_BALANCER,
+            f"{value!r} is not one of {', '.join(ir.LoadBalancer)}; round-robin is used",
+        )
+        return None
+
+
+def _backend_options(annotations: Mapping[str, str], *, report: _Reporter) -> BackendOptions:
+    chosen = _load_balancer(annotations, report=report)
+    hashes = HASH_HEADER in annotations and _header_name(annotations[HASH_HEADER]) is not None
+    if chosen is None:
+        # A hash header alone says what is wanted: the same header value,
+        # the same endpoint.
+        chosen = ir.LoadBalancer.RING_HASH if hashes else ir.LoadBalancer.ROUND_ROBIN
+    elif chosen is ir.LoadBalancer.RING_HASH and not hashes:
+        # Ring hash without a hash policy hashes nothing useful: every call
+        # would land on a random endpoint, worse than round robin.
+        report.invalid(
+            LOAD_BALANCER, f"ring-hash needs {HASH_HEADER} (a request header); round-robin is used"
+        )
+        chosen = ir.LoadBalancer.ROUND_ROBIN
+    ca_secret = annotations.get(BACKEND_CA_SECRET)
+    if ca_secret is not None and not _OBJECT_NAME.fullmatch(ca_secret.strip()):
+        # Not ignored: a backend that asked to be verified must not be
+        # reached unverified. The resolver answers its routes 503.
+        report.invalid(BACKEND_CA_SECRET, f"{ca_secret!r} is not a Secret name")
+    sni = annotations.get(BACKEND_SNI)
+    if sni is not None and sni.strip() and not _SNI.fullmatch(sni.strip()):
+        report.invalid(BACKEND_SNI, f"{sni!r} is not a DNS name; the Service's name is sent")
+        sni = None
+    return BackendOptions(
+        load_balancer=chosen,
+        ca_secret=None if ca_secret is None else ca_secret.strip(),
+        sni=None if sni is None else sni.strip().lower(),
+    )
+
+
+def _header_name(value: str) -> str | None:
+    name = value.strip().lower()
+    return name if _HEADER_NAME.fullmatch(name) else None
+
+
+def _hash_header(
+    annotations: Mapping[str, str], *, backend: BackendOptions, report: _Reporter
+) -> str | None:
+    value = annotations.get(HASH_HEADER)
+    if value is None:
+        return None
+    name = _header_name(value)
+    if name is None:
+        report.invalid(HASH_HEADER, f"{value!r} is not an HTTP header name; not hashed")
+        return None
+    if backend.load_balancer is not ir.LoadBalancer.RING_HASH:
+        report.invalid(
+            HASH_HEADER,
+            f"only ring-hash hashes a header, not {backend.load_balancer}; ignored",
+        )
+        return None
+    return name
+
+
+def _grpc_only(annotations: Mapping[str, str], *, report: _Reporter) -> bool | None:
+    value = annotations.get(GRPC_ONLY)
+    if value is not None:
+        chosen = _BOOLEANS.get(value.strip().lower())
+        if chosen is not None:
+            return chosen
+        report.invalid(GRPC_ONLY, f"{value!r} is not true or false; decided by the backend")
+    protocol = annotations.get(NGINX_BACKEND_PROTOCOL)
+    if protocol is not None and protocol.strip().upper() in _GRPC_BACKEND_PROTOCOLS:
+        return True
+    return None
+
+
+def _client_certificates(
+    annotations: Mapping[str, str], *, report: _Reporter
+) -> ClientCertificates | None:
+    secret = annotations.get(CLIENT_CA_SECRET)
+    mode = annotations.get(CLIENT_CERT)
+    required = True
+    if mode is not None:
+        parsed = _CLIENT_CERT_MODES.get(mode.strip().lower())
+        if parsed is None:
+            # Fail closed: a typo must not turn "required" into "optional".
+            report.invalid(
+                CLIENT_CERT, f"{mode!r} is not one of {', '.join(_CLIENT_CERT_MODES)}; required"
+            )
+        else:
+            required = parsed
+    if secret is None:
+        if mode is not None:
+            report.invalid(CLIENT_CERT, f"needs {CLIENT_CA_SECRET}; ignored")
+        return None
+    # A bad name is kept (and reported when it is not found): the hosts then
+    # answer 403 rather than serve without the checks that were asked for.
+    return ClientCertificates(ca_secret=secret.strip(), required=required)

@@ -7,6 +7,10 @@ from xds_ingress.sources.objects import KubeObject
 
 ACCEPTED = "Accepted"
 RESOLVED_REFS = "ResolvedRefs"
+# Messages quote what the user wrote, which may be a megabyte of junk; status
+# (and a log line) needs only the start. Kubernetes caps a condition message
+# at 32768 characters.
+MAX_MESSAGE = 1024
 
 
 class Findings:
@@ -57,6 +61,8 @@ class Findings:
     def _add(
         self, obj: KubeObject, *, type: str, status: ir.ConditionStatus, reason: str, message: str
     ) -> None:
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"
         self._conditions.add(
             ir.Condition(object=obj.ref, type=type, status=status, reason=reason, message=message)
         )

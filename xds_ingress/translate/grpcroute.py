@@ -118,7 +118,7 @@ def _rule(
     route: KubeObject, rule: object, *, where: str, position: int, findings: Findings
 ) -> GrpcRule | None:
     rule = fields.mapping(rule)
-    request_headers = _filters(rule.get("filters"), where=where)
+    request_headers = rule_filters(rule.get("filters"), where=where)
     if isinstance(request_headers, Invalid):
         # Serving the rule without a filter the user asked for (say, a
         # header the backend authorises on) would be worse than not at all.
@@ -135,7 +135,7 @@ def _rule(
     if raw_matches and not matches:
         return None
     backends = [
-        _backend_ref(route, fields.mapping(raw), where=f"{where}.backendRefs[{index}]")
+        backend_ref(route, fields.mapping(raw), where=f"{where}.backendRefs[{index}]")
         for index, raw in enumerate(fields.items(rule.get("backendRefs")))
     ]
     return GrpcRule(
@@ -151,7 +151,7 @@ def _match(match: object, *, where: str) -> GrpcMatch | Invalid:
     match = fields.mapping(match)
     headers = []
     for index, raw in enumerate(fields.items(match.get("headers"))):
-        header = _header_match(fields.mapping(raw), where=f"{where}.headers[{index}]")
+        header = header_match(fields.mapping(raw), where=f"{where}.headers[{index}]")
         if isinstance(header, Invalid):
             return header
         headers.append(header)
@@ -199,6 +199,10 @@ def _method_match(method: object, *, where: str) -> tuple[ir.PathMatch, int, str
                 return Invalid(reason=invalid.reason, message=f"{where}.{part}: {invalid.message}")
         # Each part is grouped, so an alternation in one cannot swallow the "/".
         regex = f"/(?:{service or _ANY_PART})/(?:{name or _ANY_PART})"
+        # Each part may fit Envoy's RE2 program size limit and the two not.
+        invalid = check_re2(regex)
+        if invalid is not None:
+            return Invalid(reason=invalid.reason, message=f"{where}: {invalid.message}")
         return (
             ir.PathMatch(type=ir.PathMatchType.REGEX, value=regex),
             MatchKind.REGEX,
@@ -208,7 +212,8 @@ def _method_match(method: object, *, where: str) -> tuple[ir.PathMatch, int, str
     return _unsupported(f"{where}.type {match_type!r} is not Exact or RegularExpression")
 
 
-def _header_match(header: object, *, where: str) -> ir.HeaderMatch | Invalid:
+def header_match(header: object, *, where: str) -> ir.HeaderMatch | Invalid:
+    """A Gateway API header match (GRPCRoute and HTTPRoute share its rules)."""
     header = fields.mapping(header)
     name = fields.text(header.get("name"))
     value = fields.text(header.get("value"))
@@ -227,7 +232,8 @@ def _header_match(header: object, *, where: str) -> ir.HeaderMatch | Invalid:
     return _unsupported(f"{where}.type {match_type!r} is not Exact or RegularExpression")
 
 
-def _filters(raw: object, *, where: str) -> ir.HeaderMutation | Invalid | None:
+def rule_filters(raw: object, *, where: str) -> ir.HeaderMutation | Invalid | None:
+    """A rule's filters: RequestHeaderModifier is served; any other filter is Invalid."""
     mutation = None
     for index, entry in enumerate(fields.items(raw)):
         entry = fields.mapping(entry)
@@ -277,7 +283,8 @@ def _modifiable(name: object) -> str | None:
     return None if lowered in _PROTECTED_HEADERS else lowered
 
 
-def _backend_ref(route: KubeObject, ref: object, *, where: str) -> GrpcBackendRef:
+def backend_ref(route: KubeObject, ref: object, *, where: str) -> GrpcBackendRef:
+    """One backendRef of a GRPCRoute or HTTPRoute rule, checked but not resolved."""
     ref = fields.mapping(ref)
     weight = ref.get("weight", 1)
     checked_weight = fields.integer(weight)

@@ -1,10 +1,12 @@
-"""Ingress spec.tls → the HTTPS listener: one filter chain per certificate.
+"""Ingress spec.tls and HTTPS Gateway listeners → the HTTPS listener: one filter chain
+per certificate.
 
 Every host that is served over TLS is given to exactly one certificate:
 1. the certificate an Ingress names for it in spec.tls (hosts, or with no
-   hosts the Ingress's own rule hosts its certificate covers); when Ingresses
-   name different certificates for one host, the older Ingress keeps it, as
-   for a contested path;
+   hosts the Ingress's own rule hosts its certificate covers), or an HTTPS
+   Gateway listener for its hostname and the hosts of its routes; when
+   several name different certificates for one host, the older object keeps
+   it, as for a contested path;
 2. for a host under a wildcard that spec.tls names ("*.example.com"), that
    wildcard's certificate;
 3. otherwise any certificate in use that covers the host: an exact name
@@ -18,6 +20,10 @@ of exactly those hosts. Any other :authority on that connection belongs to
 another certificate or none, and is answered 421 Misdirected Request, which
 tells the client to open a new connection for it (RFC 9110 section 15.5.20).
 
+Hosts of one certificate that differ in client certificate checks (mTLS,
+see client_validation.py) get a filter chain and a route config each, since
+the handshake checks client certificates before any :authority is seen.
+
 A Secret that cannot be served costs only its own hosts their TLS, with a
 condition on each Ingress that names it; they stay on the plain HTTP listener.
 """
@@ -29,11 +35,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from xds_ingress import ir
 from xds_ingress.sources.objects import SECRET
 from xds_ingress.store import StoreView
 from xds_ingress.translate.certificates import CertificateCache, Loaded
+from xds_ingress.translate.client_validation import client_validations
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.hostnames import covered_by_any, covers, is_wildcard, wildcard_for
 from xds_ingress.translate.precedence import age, host_order
@@ -65,6 +73,27 @@ def route_config_name(certificate: str) -> str:
     return f"{HTTPS}/{certificate}"
 
 
+class _ChainKey(NamedTuple):
+    """One filter chain: a certificate, and the client validation of its hosts."""
+
+    certificate: str
+    validation: ir.ClientValidation | None
+
+    def order(self) -> tuple[str, str, bool]:
+        # Without validation first: it takes the certificate's spare wildcard names.
+        if self.validation is None:
+            return (self.certificate, "", False)
+        return (self.certificate, self.validation.ca.name, self.validation.required)
+
+    @property
+    def route_config(self) -> str:
+        name = route_config_name(self.certificate)
+        if self.validation is None:
+            return name
+        mode = "required" if self.validation.required else "optional"
+        return f"{name}+client-ca={self.validation.ca.name}+{mode}"
+
+
 def https_config(
     requests: Sequence[TlsRequest],
     *,
@@ -83,16 +112,22 @@ def https_config(
         hosts=sorted(host for host in routed if host != CATCH_ALL_HOST),
         findings=findings,
     )
+    validations = client_validations(requests, assignment=assignment, view=view, findings=findings)
+    # A chain per certificate, and per client validation within it: the
+    # handshake checks client certificates before any :authority is seen.
     by_certificate: dict[str, list[str]] = defaultdict(list)
+    by_chain: dict[_ChainKey, list[str]] = defaultdict(list)
     for name, serving in assignment.items():
         by_certificate[serving].append(name)
+        by_chain[_ChainKey(serving, validations.get(name))].append(name)
     claimed = set(assignment)
     chains = []
     route_configs = []
     catch_all = routed.get(CATCH_ALL_HOST)
-    for certificate_name in sorted(by_certificate):
+    for key in sorted(by_chain, key=_ChainKey.order):
+        certificate_name, validation = key
         certificate = certificates[certificate_name]
-        mine = by_certificate[certificate_name]
+        mine = by_chain[key]
         # The certificate's wildcards that cover a host it serves also take
         # the SNI of that wildcard's other names: such a client gets an HTTP
         # answer (404, or the catch-all routes) rather than a failed handshake.
@@ -107,12 +142,14 @@ def https_config(
             ir.TlsFilterChain(
                 certificate=certificate_name,
                 server_names=server_names,
-                route_config=route_config_name(certificate_name),
+                route_config=key.route_config,
+                client_validation=validation,
             )
         )
         route_configs.append(
             _route_config(
                 certificate,
+                name=key.route_config,
                 server_names=server_names,
                 routed=routed,
                 others=sorted(
@@ -174,7 +211,16 @@ def _load(
 def _load_one(
     view: StoreView, request: TlsRequest, *, now: datetime, cache: CertificateCache
 ) -> Loaded | Invalid:
-    secret = view.get(SECRET, request.origin.namespace, request.secret)
+    return load_certificate(
+        view, namespace=request.namespace, name=request.secret, now=now, cache=cache
+    )
+
+
+def load_certificate(
+    view: StoreView, *, namespace: str, name: str, now: datetime, cache: CertificateCache
+) -> Loaded | Invalid:
+    """The certificate in Secret `namespace`/`name`, or why it cannot be served."""
+    secret = view.get(SECRET, namespace, name)
     if secret is None:
         return Invalid(reason="SecretNotFound", message="not found")
     try:
@@ -182,7 +228,7 @@ def _load_one(
     except Exception:
         # A parser bug on one odd Secret must not cost the other
         # certificates. The log line names the Secret, never its data.
-        log.exception("loading the certificate of Secret %s failed", request.secret_name)
+        log.exception("loading the certificate of Secret %s/%s failed", namespace, name)
         return Invalid(reason="InternalError", message="xds-ingress failed to load it")
 
 
@@ -255,6 +301,7 @@ def _lost(loser: TlsRequest, winner: TlsRequest, *, name: str, findings: Finding
 def _route_config(
     certificate: ir.TlsCertificate,
     *,
+    name: str,
     server_names: Sequence[str],
     routed: Mapping[str, ir.VirtualHost],
     others: Sequence[str],
@@ -295,4 +342,4 @@ def _route_config(
             ),
         )
     )
-    return ir.RouteConfig(name=route_config_name(certificate.name), virtual_hosts=tuple(vhosts))
+    return ir.RouteConfig(name=name, virtual_hosts=tuple(vhosts))

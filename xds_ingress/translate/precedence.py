@@ -5,6 +5,12 @@ precedence Kubernetes specifies: Exact before Prefix, then longer paths
 before shorter. When two Ingresses ask for the same host, path and path
 type, the older one (creationTimestamp, then namespace/name) keeps it, as in
 other ingress controllers, so that a new Ingress cannot hijack live traffic.
+
+A named host belongs to one namespace: the one whose oldest Ingress asked
+for it first. Ingresses of that namespace share the host path by path; an
+Ingress of another namespace gets none of its paths, so that a tenant
+cannot add "/admin" to another tenant's host. The catch-all host (rules
+without a host, defaultBackend) belongs to no namespace.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def age(obj: KubeObject) -> AgeKey:
 def resolve_conflicts(candidates: Iterable[Candidate], *, findings: Findings) -> list[Candidate]:
     """One candidate per (host, path type, path); each loser gets a condition."""
     groups: dict[tuple[str, ir.PathMatchType, str], list[Candidate]] = defaultdict(list)
-    for candidate in candidates:
+    for candidate in _owned_hosts(list(candidates), findings=findings):
         groups[candidate.host, candidate.path.type, candidate.path.value].append(candidate)
     winners: list[Candidate] = []
     for group in groups.values():
@@ -72,6 +78,45 @@ def resolve_conflicts(candidates: Iterable[Candidate], *, findings: Findings) ->
             _lost(candidate, covering[candidate.host], findings=findings)
         else:
             kept.append(candidate)
+    return kept
+
+
+def _owned_hosts(candidates: list[Candidate], *, findings: Findings) -> list[Candidate]:
+    """The candidates of each named host's owning namespace; the others are told why."""
+    owners: dict[str, Candidate] = {}
+    for candidate in candidates:
+        if candidate.host == CATCH_ALL_HOST:
+            continue
+        held = owners.get(candidate.host)
+        if held is None or age(candidate.origin) < age(held.origin):
+            owners[candidate.host] = candidate
+    routes_of_owners = {
+        (c.host, c.path.type, c.path.value): c
+        for c in candidates
+        if c.host in owners and c.origin.namespace == owners[c.host].origin.namespace
+    }
+    kept = []
+    for candidate in candidates:
+        owner = owners.get(candidate.host)
+        if owner is None or owner.origin.namespace == candidate.origin.namespace:
+            kept.append(candidate)
+            continue
+        same_route = routes_of_owners.get(
+            (candidate.host, candidate.path.type, candidate.path.value)
+        )
+        if same_route is not None:
+            # The very same path: say so, as for two Ingresses of one namespace.
+            _lost(candidate, same_route, findings=findings)
+            continue
+        findings.rejected(
+            candidate.origin,
+            reason="HostConflict",
+            message=(
+                f"{candidate.where}: host {candidate.host} belongs to namespace "
+                f"{owner.origin.namespace}, where {owner.origin.key} claimed it first; "
+                "only Ingresses of that namespace may route its paths"
+            ),
+        )
     return kept
 
 

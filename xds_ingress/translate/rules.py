@@ -8,11 +8,12 @@ become candidates.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xds_ingress import ir
 from xds_ingress.sources.objects import KubeObject
 from xds_ingress.translate import fields
+from xds_ingress.translate.annotations import BackendOptions, backend_options
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.validation import Invalid, check_host, path_match
 
@@ -24,6 +25,8 @@ class ServiceRef:
     namespace: str
     name: str
     port: int | str  # spec.ports[].port, or spec.ports[].name
+    # What the referring object's annotations ask of the cluster.
+    options: BackendOptions = field(default_factory=BackendOptions)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +48,7 @@ def ingress_candidates(ingress: KubeObject, *, findings: Findings) -> list[Candi
         findings.rejected(ingress, reason="InvalidSpec", message="spec is not a mapping")
         return []
     candidates: list[Candidate] = []
+    options = backend_options(ingress, findings=findings)
     rules = spec.get("rules") or ()
     if fields.items(rules) is not rules:
         findings.rejected(ingress, reason="InvalidSpec", message="spec.rules is not a list")
@@ -55,6 +59,7 @@ def ingress_candidates(ingress: KubeObject, *, findings: Findings) -> list[Candi
                 rule,
                 where=f"spec.rules[{index}]",
                 first=len(candidates),
+                options=options,
                 findings=findings,
             )
         )
@@ -64,7 +69,7 @@ def ingress_candidates(ingress: KubeObject, *, findings: Findings) -> list[Candi
             Candidate(
                 host=CATCH_ALL_HOST,
                 path=ir.PathMatch(type=ir.PathMatchType.PREFIX, value="/"),
-                backend=_backend_ref(default, namespace=ingress.namespace),
+                backend=_backend_ref(default, namespace=ingress.namespace, options=options),
                 origin=ingress,
                 where="spec.defaultBackend",
                 position=len(candidates),
@@ -75,7 +80,13 @@ def ingress_candidates(ingress: KubeObject, *, findings: Findings) -> list[Candi
 
 
 def _rule_candidates(
-    ingress: KubeObject, rule: object, *, where: str, first: int, findings: Findings
+    ingress: KubeObject,
+    rule: object,
+    *,
+    where: str,
+    first: int,
+    options: BackendOptions,
+    findings: Findings,
 ) -> list[Candidate]:
     if not isinstance(rule, Mapping):
         findings.rejected(ingress, reason="InvalidSpec", message=f"{where} is not a mapping")
@@ -112,7 +123,9 @@ def _rule_candidates(
             Candidate(
                 host=host,
                 path=match,
-                backend=_backend_ref(entry.get("backend"), namespace=ingress.namespace),
+                backend=_backend_ref(
+                    entry.get("backend"), namespace=ingress.namespace, options=options
+                ),
                 origin=ingress,
                 where=entry_where,
                 position=first + len(candidates),
@@ -121,7 +134,7 @@ def _rule_candidates(
     return candidates
 
 
-def _backend_ref(raw: object, *, namespace: str) -> ServiceRef | Invalid:
+def _backend_ref(raw: object, *, namespace: str, options: BackendOptions) -> ServiceRef | Invalid:
     backend = fields.mapping(raw)
     if "resource" in backend and "service" not in backend:
         return Invalid(
@@ -138,9 +151,9 @@ def _backend_ref(raw: object, *, namespace: str) -> ServiceRef | Invalid:
         if number is None:
             message = f"service port number {port.get('number')!r} is not in 1-65535"
             return Invalid(reason="InvalidBackend", message=message)
-        return ServiceRef(namespace=namespace, name=name, port=number)
+        return ServiceRef(namespace=namespace, name=name, port=number, options=options)
     port_name = fields.text(port.get("name"))
     if not port_name:
         message = f"backend for Service {name} has neither service.port.number nor .name"
         return Invalid(reason="InvalidBackend", message=message)
-    return ServiceRef(namespace=namespace, name=name, port=port_name)
+    return ServiceRef(namespace=namespace, name=name, port=port_name, options=options)

@@ -17,21 +17,33 @@ from xds_ingress.translate.validation import check_host
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsRequest:
-    """ "Serve these hosts with the certificate in this Secret" (one spec.tls entry)."""
+    """ "Serve these hosts with the certificate in this Secret".
+
+    One Ingress spec.tls entry, or one HTTPS listener of a Gateway (its
+    origin), which names its hosts.
+    """
 
     origin: KubeObject
-    secret: str  # the Secret's name, in the Ingress's namespace
+    secret: str  # the Secret's name, in `namespace`
     # None when the entry names no hosts: then it means the Ingress's own rule
     # hosts that the certificate covers.
     hosts: tuple[str, ...] | None
     rule_hosts: tuple[str, ...]  # the Ingress's own rule hosts, for `hosts=None`
     where: str  # the field it came from, for messages
     position: int  # order inside the Ingress, the last tie-breaker
+    # The Secret's namespace when not the origin's (a Gateway's certificateRef
+    # allowed by a ReferenceGrant).
+    secret_namespace: str = ""
+
+    @property
+    def namespace(self) -> str:
+        """The Secret's namespace."""
+        return self.secret_namespace or self.origin.namespace
 
     @property
     def secret_name(self) -> str:
         """The SDS name of its certificate: "namespace/secretName"."""
-        return f"{self.origin.namespace}/{self.secret}"
+        return f"{self.namespace}/{self.secret}"
 
 
 def tls_requests(ingress: KubeObject, *, findings: Findings) -> list[TlsRequest]:

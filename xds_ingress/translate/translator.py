@@ -1,6 +1,7 @@
 """The translation, step by step: claim Ingresses, collect candidate routes,
-settle conflicts, resolve backends, add the GRPCRoutes attached to our
-Gateways, give each TLS host its certificate, then assemble sorted IR.
+settle conflicts, resolve backends, add the GRPCRoutes and HTTPRoutes
+attached to our Gateways, give each TLS host (an Ingress's or an HTTPS
+Gateway listener's) its certificate, then assemble sorted IR.
 
 Every step reports user mistakes to one Findings collector and carries on,
 so one bad object costs only its own routes, never the snapshot.
@@ -21,7 +22,7 @@ from xds_ingress.translate.backends import BackendResolver
 from xds_ingress.translate.certificates import CertificateCache
 from xds_ingress.translate.classes import ClassPolicy
 from xds_ingress.translate.findings import Findings
-from xds_ingress.translate.gateway_routes import GatewayRoutes, grpc_routes, merged_virtual_hosts
+from xds_ingress.translate.gateway_routes import gateway_routes, merged_virtual_hosts
 from xds_ingress.translate.gateways import Gateways
 from xds_ingress.translate.https import https_config
 from xds_ingress.translate.precedence import host_order, resolve_conflicts, route_order
@@ -63,28 +64,28 @@ def translate(
         findings=findings,
     )
     virtual_hosts = _virtual_hosts(routes)
-    gateway_routes = grpc_routes(
-        view,
-        gateways=Gateways(view, settings=settings, findings=findings),
-        resolver=resolver,
-        findings=findings,
+    checked_at = now if now is not None else datetime.now(UTC)
+    gateways = Gateways(
+        view, settings=settings, findings=findings, now=checked_at, certificates=cache
     )
-    backends.update(gateway_routes.backends)
-    # HTTPS serves the Ingresses' hosts only: Gateway listeners with TLS are
-    # not supported yet, and a GRPCRoute attached to a plain HTTP listener
-    # must not become reachable over another one.
+    attached = gateway_routes(view, gateways=gateways, resolver=resolver, findings=findings)
+    backends.update(attached.backends)
+    # HTTPS serves the Ingresses' hosts and the routes attached to HTTPS
+    # Gateway listeners, through the same certificate assignment; a route
+    # attached to a plain HTTP listener must not become reachable over TLS.
     https = https_config(
-        _tls_requests(ingresses, findings=findings),
+        [*_tls_requests(ingresses, findings=findings), *gateways.tls_requests()],
         view=view,
-        virtual_hosts=virtual_hosts,
+        virtual_hosts=_merged_virtual_hosts(virtual_hosts, attached.tls_routes),
         settings=settings,
         findings=findings,
-        now=now if now is not None else datetime.now(UTC),
+        now=checked_at,
         cache=cache,
     )
     cache.rotate()
     for ingress in ingresses:
         findings.accept(ingress, message="the Ingress is served by xds-ingress")
+    gateways.finish()
     config = ir.Config(
         listeners=(
             ir.Listener(
@@ -97,7 +98,7 @@ def translate(
         ),
         route_configs=(
             ir.RouteConfig(
-                name=HTTP, virtual_hosts=_plain_virtual_hosts(virtual_hosts, gateway_routes)
+                name=HTTP, virtual_hosts=_merged_virtual_hosts(virtual_hosts, attached.routes)
             ),
             *https.route_configs,
         ),
@@ -194,10 +195,10 @@ def _virtual_hosts(routes: RoutesByHost) -> tuple[ir.VirtualHost, ...]:
     )
 
 
-def _plain_virtual_hosts(
-    ingress_hosts: tuple[ir.VirtualHost, ...], gateway_routes: GatewayRoutes
+def _merged_virtual_hosts(
+    ingress_hosts: tuple[ir.VirtualHost, ...], gateway_routes: dict[str, list[ir.Route]]
 ) -> tuple[ir.VirtualHost, ...]:
-    merged = merged_virtual_hosts(ingress_hosts, gateway_routes.routes)
+    merged = merged_virtual_hosts(ingress_hosts, gateway_routes)
     return tuple(
         ir.VirtualHost(name=host, domains=(host,), routes=tuple(merged[host]))
         for host in sorted(merged, key=host_order)

@@ -49,7 +49,7 @@ class Node(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., peer: _Optional[str] = ..., stream_kind: _Optional[_Union[StreamKind, str]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., stream_id: _Optional[int] = ...) -> None: ...
 
 class TypeStatus(_message.Message):
-    __slots__ = ("type_url", "sent_version", "acked_version", "last_nack", "wildcard", "resources_sent", "resources_acked")
+    __slots__ = ("type_url", "sent_version", "acked_version", "last_nack", "wildcard", "resources_sent", "resources_acked", "held_back")
     TYPE_URL_FIELD_NUMBER: _ClassVar[int]
     SENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class TypeStatus(_message.Message):
     WILDCARD_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_SENT_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_ACKED_FIELD_NUMBER: _ClassVar[int]
+    HELD_BACK_FIELD_NUMBER: _ClassVar[int]
     type_url: str
     sent_version: str
     acked_version: str
@@ -64,7 +65,8 @@ class TypeStatus(_message.Message):
     wildcard: bool
     resources_sent: int
     resources_acked: int
-    def __init__(self, type_url: _Optional[str] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., last_nack: _Optional[_Union[Nack, _Mapping]] = ..., wildcard: _Optional[bool] = ..., resources_sent: _Optional[int] = ..., resources_acked: _Optional[int] = ...) -> None: ...
+    held_back: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, type_url: _Optional[str] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., last_nack: _Optional[_Union[Nack, _Mapping]] = ..., wildcard: _Optional[bool] = ..., resources_sent: _Optional[int] = ..., resources_acked: _Optional[int] = ..., held_back: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Nack(_message.Message):
     __slots__ = ("version", "error", "at", "resource_names")
@@ -153,3 +155,63 @@ class TypeChange(_message.Message):
     changed: _containers.RepeatedScalarFieldContainer[str]
     removed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, type_url: _Optional[str] = ..., version: _Optional[str] = ..., added: _Optional[_Iterable[str]] = ..., changed: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListConditionsRequest(_message.Message):
+    __slots__ = ("kind", "namespace", "problems_only")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    problems_only: bool
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., problems_only: _Optional[bool] = ...) -> None: ...
+
+class ListConditionsResponse(_message.Message):
+    __slots__ = ("conditions",)
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    conditions: _containers.RepeatedCompositeFieldContainer[Condition]
+    def __init__(self, conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
+
+class ObjectRef(_message.Message):
+    __slots__ = ("kind", "namespace", "name", "source")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    name: str
+    source: str
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class Condition(_message.Message):
+    __slots__ = ("object", "type", "status", "reason", "message", "rejections")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    object: ObjectRef
+    type: str
+    status: str
+    reason: str
+    message: str
+    rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, object: _Optional[_Union[ObjectRef, _Mapping]] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("node_id", "node_group", "type_url", "resource_name", "version", "error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    node_group: str
+    type_url: str
+    resource_name: str
+    version: str
+    error: str
+    def __init__(self, node_id: _Optional[str] = ..., node_group: _Optional[str] = ..., type_url: _Optional[str] = ..., resource_name: _Optional[str] = ..., version: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...

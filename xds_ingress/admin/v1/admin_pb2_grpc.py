@@ -50,6 +50,11 @@ class AdminStub:
                 request_serializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.WatchSnapshotsRequest.SerializeToString,
                 response_deserializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.SnapshotEvent.FromString,
                 _registered_method=True)
+        self.ListConditions = channel.unary_unary(
+                '/xds_ingress.admin.v1.Admin/ListConditions',
+                request_serializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.ListConditionsRequest.SerializeToString,
+                response_deserializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.ListConditionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -83,6 +88,18 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConditions(self, request, context):
+        """Every condition the control plane holds now on the objects it reads: the
+        translation's (Accepted, ResolvedRefs, ...) and Programmed=False on the
+        objects behind a resource a connected Envoy rejected, with each
+        rejection behind it. These are the conditions written to Kubernetes
+        status (with the file source, only logged): here they can be read
+        without either.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +117,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchSnapshots,
                     request_deserializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.WatchSnapshotsRequest.FromString,
                     response_serializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.SnapshotEvent.SerializeToString,
+            ),
+            'ListConditions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConditions,
+                    request_deserializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.ListConditionsRequest.FromString,
+                    response_serializer=xds__ingress_dot_admin_dot_v1_dot_admin__pb2.ListConditionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +206,33 @@ class Admin:
             '/xds_ingress.admin.v1.Admin/WatchSnapshots',
             xds__ingress_dot_admin_dot_v1_dot_admin__pb2.WatchSnapshotsRequest.SerializeToString,
             xds__ingress_dot_admin_dot_v1_dot_admin__pb2.SnapshotEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConditions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xds_ingress.admin.v1.Admin/ListConditions',
+            xds__ingress_dot_admin_dot_v1_dot_admin__pb2.ListConditionsRequest.SerializeToString,
+            xds__ingress_dot_admin_dot_v1_dot_admin__pb2.ListConditionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
