@@ -1,8 +1,7 @@
 """ListConditions as an operator calls it: the real grpcurl, a real Envoy rejecting a resource.
 
-The admin API is served here on a port of the test's own, over the control
-plane's cache, stream registry and status stage, exactly as
-`inspection_services` is wired in app.py.
+The admin API is called on the control plane's own xDS port, as wired in
+app.py (plaintext: the harness's control plane runs --insecure).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from envoy.config.route.v3 import route_pb2
 from ingress_harness import NAMESPACE, Ingress, endpoint_slice, ingress, routes_to, rule, service
@@ -21,7 +19,6 @@ from peers import run_grpcurl, wait_until
 from xds_ingress.cache import DEFAULT_GROUP, make_resource, snapshot_from_resources
 from xds_ingress.demo.backend import GreeterBackend
 from xds_ingress.resources import types
-from xds_ingress.server.grpc_server import inspection_services, start_grpc_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,23 +36,12 @@ async def live(tmp_path: Path, backend_factory: Any) -> AsyncIterator[tuple[Ingr
     under_test.config.write(
         "ingress.yaml", ingress("main", [rule("a.example.com", ("/", "Prefix", "greeter-a"))])
     )
-    server: grpc.aio.Server | None = None
     try:
         control_plane = await under_test.start_control_plane()
-        server, port = await start_grpc_server(
-            services=inspection_services(
-                cache=control_plane.cache,
-                registry=control_plane.xds.registry,
-                conditions=control_plane.status,
-            ),
-            address="127.0.0.1:0",
-        )
         await (await under_test.start_envoy()).wait_live()
         await routes_to(under_test, "a.example.com", "a")
-        yield under_test, f"127.0.0.1:{port}"
+        yield under_test, f"127.0.0.1:{control_plane.port}"
     finally:
-        if server is not None:
-            await server.stop(grace=None)
         await under_test.stop()
 
 
