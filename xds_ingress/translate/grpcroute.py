@@ -12,7 +12,9 @@ still served.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from xds_ingress import ir
 from xds_ingress.sources.objects import SERVICE, KubeObject
@@ -31,6 +33,7 @@ _ANY_PART = "[^/]+"
 # Envoy refuses to change these with request_headers_to_add/remove.
 _PROTECTED_HEADERS = frozenset({"host"})
 MAX_WEIGHT = 1_000_000
+MatchT = TypeVar("MatchT")
 
 
 class MatchKind:
@@ -117,34 +120,61 @@ def grpc_rules(route: KubeObject, *, findings: Findings) -> list[GrpcRule]:
 def _rule(
     route: KubeObject, rule: object, *, where: str, position: int, findings: Findings
 ) -> GrpcRule | None:
+    parts = rule_parts(route, rule, where=where, parse_match=_match, findings=findings)
+    if parts is None:
+        return None
+    return GrpcRule(
+        matches=parts.matches or (_MATCH_ALL,),
+        backends=parts.backends,
+        request_headers=parts.request_headers,
+        where=where,
+        position=position,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RuleParts(Generic[MatchT]):
+    """What GRPCRoute and HTTPRoute rules share: matches (empty: none given), backends, filters."""
+
+    matches: tuple[MatchT, ...]
+    backends: tuple[GrpcBackendRef, ...]
+    request_headers: ir.HeaderMutation | None
+
+
+def rule_parts(
+    route: KubeObject,
+    rule: object,
+    *,
+    where: str,
+    parse_match: Callable[..., MatchT | Invalid],
+    findings: Findings,
+) -> RuleParts[MatchT] | None:
+    """A rule's parts, each bad match reported; None: the rule cannot be served.
+
+    `parse_match(raw, where=...)` reads one entry of the rule's matches.
+    """
     rule = fields.mapping(rule)
     request_headers = rule_filters(rule.get("filters"), where=where)
     if isinstance(request_headers, Invalid):
-        # Serving the rule without a filter the user asked for (say, a
-        # header the backend authorises on) would be worse than not at all.
+        # Serving the rule without a filter the user asked for (a redirect,
+        # a header the backend authorises on) would be worse than not at all.
         findings.rejected(route, reason=request_headers.reason, message=request_headers.message)
         return None
     raw_matches = fields.items(rule.get("matches"))
     matches = []
     for index, raw in enumerate(raw_matches):
-        match = _match(fields.mapping(raw), where=f"{where}.matches[{index}]")
+        match = parse_match(fields.mapping(raw), where=f"{where}.matches[{index}]")
         if isinstance(match, Invalid):
             findings.rejected(route, reason=match.reason, message=match.message)
         else:
             matches.append(match)
     if raw_matches and not matches:
         return None
-    backends = [
+    backends = tuple(
         backend_ref(route, fields.mapping(raw), where=f"{where}.backendRefs[{index}]")
         for index, raw in enumerate(fields.items(rule.get("backendRefs")))
-    ]
-    return GrpcRule(
-        matches=tuple(matches) if matches else (_MATCH_ALL,),
-        backends=tuple(backends),
-        request_headers=request_headers,
-        where=where,
-        position=position,
     )
+    return RuleParts(matches=tuple(matches), backends=backends, request_headers=request_headers)
 
 
 def _match(match: object, *, where: str) -> GrpcMatch | Invalid:

@@ -21,7 +21,7 @@ from xds_ingress import ir
 from xds_ingress.sources.objects import KubeObject
 from xds_ingress.translate import fields
 from xds_ingress.translate.findings import Findings
-from xds_ingress.translate.grpcroute import GrpcBackendRef, backend_ref, header_match, rule_filters
+from xds_ingress.translate.grpcroute import GrpcBackendRef, header_match, rule_parts
 from xds_ingress.translate.re2 import check_re2
 from xds_ingress.translate.validation import Invalid, path_match
 
@@ -92,31 +92,13 @@ def http_rules(route: KubeObject, *, findings: Findings) -> list[HttpRule]:
 def _rule(
     route: KubeObject, rule: object, *, where: str, position: int, findings: Findings
 ) -> HttpRule | None:
-    rule = fields.mapping(rule)
-    request_headers = rule_filters(rule.get("filters"), where=where)
-    if isinstance(request_headers, Invalid):
-        # Serving the rule without a filter the user asked for (a redirect,
-        # a header the backend authorises on) would be worse than not at all.
-        findings.rejected(route, reason=request_headers.reason, message=request_headers.message)
+    parts = rule_parts(route, rule, where=where, parse_match=_match, findings=findings)
+    if parts is None:
         return None
-    raw_matches = fields.items(rule.get("matches"))
-    matches = []
-    for index, raw in enumerate(raw_matches):
-        match = _match(raw, where=f"{where}.matches[{index}]")
-        if isinstance(match, Invalid):
-            findings.rejected(route, reason=match.reason, message=match.message)
-        else:
-            matches.append(match)
-    if raw_matches and not matches:
-        return None
-    backends = [
-        backend_ref(route, fields.mapping(raw), where=f"{where}.backendRefs[{index}]")
-        for index, raw in enumerate(fields.items(rule.get("backendRefs")))
-    ]
     return HttpRule(
-        matches=tuple(matches) if matches else (_MATCH_ALL,),
-        backends=tuple(backends),
-        request_headers=request_headers,
+        matches=parts.matches or (_MATCH_ALL,),
+        backends=parts.backends,
+        request_headers=parts.request_headers,
         where=where,
         position=position,
     )
