@@ -638,3 +638,56 @@ async def test_tls_and_ca_secrets_are_read_and_other_secrets_never_stored(
             timeout=15.0,
             message="the Secret dropped once its ca.crt is gone",
         )
+
+
+async def test_an_api_server_restart_and_a_410_under_load_fail_no_call(
+    objects: Objects, backend_factory: BackendFactory, start_ingress: StartIngress
+) -> None:
+    """Issue 6's fault: the API server goes away and comes back unable to resume the watches."""
+    local = objects.local
+    namespace = objects.namespace
+    a = await backend_factory("a")
+    objects.service("greeter")
+    objects.endpoint_slice("greeter-a", service="greeter", port=a.port)
+    ours = f"ours-{namespace}"
+    objects.ingress_class(ours)
+    objects.ingress("main", class_name=ours, host="greeter.example", service="greeter")
+    running = await start_ingress()
+    await routes_to(running.target, "greeter.example", "a")
+
+    codes: list[grpc.StatusCode] = []
+    stop = asyncio.Event()
+
+    async def steady_load() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60.0
+        while not stop.is_set() and len(codes) < 20_000 and loop.time() < deadline:
+            _backend, code = await say_hello(running.target, authority="greeter.example")
+            codes.append(code)
+
+    load = asyncio.create_task(steady_load())
+    try:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(local.stop_apiserver)
+        # Behind the watches' back: a write and a compaction, so that the
+        # restarted server answers each watch's resume with 410 Gone.
+        born = {"apiVersion": "v1", "kind": "Service", **service_body("born")}
+        born["metadata"] = {"name": "born", "namespace": namespace}
+        local.write_unvalidated(resource="services/specs", obj=born)
+        local.compact_etcd()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(local.start_apiserver)
+        # Changes after the relist arrive.
+        objects.ingress("late", class_name=ours, host="late.example", service="greeter")
+        await routes_to(running.target, "late.example", "a")
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await load
+    assert len(codes) > 20, "the load did not run"
+    failed = [code for code in codes if code is not grpc.StatusCode.OK]
+    assert failed == [], f"{len(failed)} of {len(codes)} calls failed: {failed[:5]}"
+    await routes_to(running.target, "greeter.example", "a")
+    source = running.control_plane.source
+    assert isinstance(source, KubernetesSource)
+    assert service_watch(source).lists >= 2, "the Service watch resumed without a 410 relist"
