@@ -73,7 +73,7 @@ async def grpcurl_error(target: str, method: str, data: str) -> str:
 async def _all_acked(live: Ingress) -> bool:
     nodes = (await grpcurl_json(_xds(live), f"{ADMIN}/ListNodes")).get("nodes", [])
     return bool(nodes) and all(
-        len(node["types"]) == 4
+        len(node["types"]) == 5
         and all(t.get("acked_version") == t.get("sent_version") for t in node["types"])
         for node in nodes
     )
@@ -169,8 +169,14 @@ async def test_list_nodes_shows_what_the_envoy_was_sent_and_accepted(live: Ingre
     assert node["peer"].startswith("ipv4:127.0.0.1:")
     assert node["connected_at"].endswith("Z")
     by_type = {status["type_url"]: status for status in node["types"]}
-    # In ADS order: clusters, endpoints, listeners, routes.
-    assert list(by_type) == [types.CLUSTER, types.ENDPOINT, types.LISTENER, types.ROUTE]
+    # In ADS order: clusters, endpoints, extension configs (ECDS), listeners, routes.
+    assert list(by_type) == [
+        types.CLUSTER,
+        types.ENDPOINT,
+        types.EXTENSION_CONFIG,
+        types.LISTENER,
+        types.ROUTE,
+    ]
     cluster = by_type[types.CLUSTER]
     assert cluster["wildcard"] is True
     assert cluster["resources_sent"] == cluster["resources_acked"] == 1
@@ -252,6 +258,7 @@ async def test_csds_reports_every_resource_of_the_connected_envoy(live: Ingress)
     assert {c["type_url"] for c in configs} == {
         types.CLUSTER,
         types.ENDPOINT,
+        types.EXTENSION_CONFIG,
         types.LISTENER,
         types.ROUTE,
     }

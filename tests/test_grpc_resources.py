@@ -241,12 +241,15 @@ def test_listeners_bound_connection_age_and_run_grpc_web_and_stats_before_the_ro
     manager = hcm(built[types.LISTENER]["http"])
     assert [f.name for f in manager.http_filters] == [
         "envoy.filters.http.grpc_web",
-        "envoy.filters.http.grpc_stats",
+        "grpc_stats",
         "envoy.filters.http.router",
     ]
+    # Over ECDS (see extension_config.py); its fallback is per cluster only,
+    # never per client-named method.
+    discovery = manager.http_filters[1].config_discovery
+    assert discovery.config_source.HasField("ads")
     stats = grpc_stats_pb2.FilterConfig()
-    assert manager.http_filters[1].typed_config.Unpack(stats)
-    # Per cluster, never per client-named method: see http_filters.py.
+    assert discovery.default_config.Unpack(stats)
     assert stats.HasField("stats_for_all_methods")
     assert not stats.stats_for_all_methods.value
     assert stats.emit_filter_state

@@ -489,3 +489,257 @@ async def test_a_sotw_stream_holding_a_rejected_cluster_leaves_others_on_the_sha
     assert xds_server.shared_responses.built == built + 1
     for client in clients:
         client.close()
+
+
+# ------------------------------------------- make before break (server/warming.py)
+
+
+def routed(*clusters: str):  # type: ignore[no-untyped-def]
+    """One listener whose route config sends host `c` to cluster `c`, each with endpoints."""
+    route = route_pb2.RouteConfiguration(name="http")
+    for name in clusters:
+        host = route.virtual_hosts.add(name=name, domains=[name])
+        entry = host.routes.add()
+        entry.match.prefix = "/"
+        entry.route.cluster = name
+    return build_snapshot(
+        {
+            types.CLUSTER: {name: eds_cluster(name) for name in clusters},
+            types.ENDPOINT: {name: endpoints(name, 1) for name in clusters},
+            types.LISTENER: {"http": rds_listener("http", "http")},
+            types.ROUTE: {"http": route},
+        }
+    )
+
+
+def hosts_of(response) -> list[str]:  # type: ignore[no-untyped-def]
+    route = route_pb2.RouteConfiguration()
+    packed = response.resources[0]
+    # A delta response wraps each resource in a Resource.
+    (packed.resource if isinstance(packed, discovery_pb2.Resource) else packed).Unpack(route)
+    return sorted(host.name for host in route.virtual_hosts)
+
+
+async def drain(client: Client, seconds: float = 0.3) -> list:  # type: ignore[type-arg]
+    """Every response that arrives within `seconds`."""
+    await asyncio.sleep(seconds)
+    got = []
+    while not client._received.empty():
+        got.append(client._received.get_nowait())
+    return got
+
+
+class SotwEnvoy:
+    """Plays an ADS state-of-the-world Envoy: asks, ACKs, subscribes by name."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.last: dict[str, discovery_pb2.DiscoveryResponse] = {}
+        self.names: dict[str, list[str]] = {types.ENDPOINT: ["a"], types.ROUTE: ["http"]}
+
+    async def ask(self, type_url: str, *, first: bool = False) -> None:
+        last = self.last.get(type_url)
+        await self.client.send(
+            discovery_pb2.DiscoveryRequest(
+                node=NODE if first else None,
+                type_url=type_url,
+                resource_names=self.names.get(type_url, []),
+                version_info=last.version_info if last else "",
+                response_nonce=last.nonce if last else "",
+            )
+        )
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        response = await self.client.recv()
+        self.last[response.type_url] = response
+        return response
+
+    async def connect(self) -> None:
+        """The startup sequence, each type answered and ACKed."""
+        for index, type_url in enumerate(
+            [types.CLUSTER, types.ENDPOINT, types.LISTENER, types.ROUTE]
+        ):
+            await self.ask(type_url, first=index == 0)
+            assert (await self.recv()).type_url == type_url
+            await self.ask(type_url)
+        await self.client.expect_silence()
+
+
+async def test_sotw_routes_wait_until_a_new_cluster_and_its_endpoints_are_acked(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, _, channel = xds
+    cache.set_snapshot("edge", routed("a"))
+    envoy = SotwEnvoy(
+        Client(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources())
+    )
+    await envoy.connect()
+
+    cache.set_snapshot("edge", routed("a", "new"))
+    cds = await envoy.recv()
+    assert cds.type_url == types.CLUSTER and sorted(names_of(cds)) == ["a", "new"]
+    # Nothing that may name the new cluster before it warms (a resent EDS is fine).
+    early = await drain(envoy.client)
+    assert {r.type_url for r in early} <= {types.ENDPOINT}, early
+    for response in early:
+        envoy.last[response.type_url] = response
+    # CDS ACKed, but its endpoints not yet even asked for: still held.
+    await envoy.ask(types.CLUSTER)
+    await envoy.client.expect_silence()
+    # Envoy subscribes to the new cluster's endpoints: answered, routes still held.
+    envoy.names[types.ENDPOINT] = ["a", "new"]
+    await envoy.ask(types.ENDPOINT)
+    eds = await envoy.recv()
+    assert eds.type_url == types.ENDPOINT and sorted(names_of(eds)) == ["a", "new"]
+    await envoy.client.expect_silence()
+    # Its ACK warms the cluster: now the routes.
+    await envoy.ask(types.ENDPOINT)
+    rds = await envoy.recv()
+    assert rds.type_url == types.ROUTE and hosts_of(rds) == ["a", "new"]
+    envoy.client.close()
+
+
+async def test_sotw_a_dropped_cluster_outlives_the_routes_that_named_it(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, xds_server, channel = xds
+    cache.set_snapshot("edge", routed("a", "old"))
+    envoy = SotwEnvoy(
+        Client(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources())
+    )
+    envoy.names[types.ENDPOINT] = ["a", "old"]
+    await envoy.connect()
+    shared_before = xds_server.shared_responses.built
+
+    cache.set_snapshot("edge", routed("a"))
+    # Routes first; CDS still has the cluster until they are ACKed.
+    rds = await envoy.recv()
+    assert rds.type_url == types.ROUTE and hosts_of(rds) == ["a"]
+    await envoy.client.expect_silence()
+    await envoy.ask(types.ROUTE)
+    cds = await envoy.recv()
+    assert cds.type_url == types.CLUSTER and names_of(cds) == ["a"]
+    # Back on the snapshot's own version: the shared body.
+    assert cds.version_info == cache.current("edge").of_type(types.CLUSTER).version
+    assert xds_server.shared_responses.built == shared_before + 1
+    envoy.client.close()
+
+
+async def test_delta_routes_wait_for_new_clusters_and_leave_before_dropped_ones(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, _, channel = xds
+    cache.set_snapshot("edge", routed("a", "old"))
+    client = Client(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources())
+
+    async def ack(response) -> None:  # type: ignore[no-untyped-def]
+        await client.send(
+            discovery_pb2.DeltaDiscoveryRequest(
+                type_url=response.type_url, response_nonce=response.nonce
+            )
+        )
+
+    subscriptions = {
+        types.CLUSTER: [],
+        types.ENDPOINT: ["a", "old"],
+        types.LISTENER: [],
+        types.ROUTE: ["http"],
+    }
+    for index, (type_url, names) in enumerate(subscriptions.items()):
+        await client.send(
+            discovery_pb2.DeltaDiscoveryRequest(
+                node=NODE if index == 0 else None, type_url=type_url, resource_names_subscribe=names
+            )
+        )
+        response = await client.recv()
+        assert response.type_url == type_url
+        await ack(response)
+    await client.expect_silence()
+
+    # "old" goes, "new" comes: CDS adds new and keeps old; routes wait.
+    cache.set_snapshot("edge", routed("a", "new"))
+    cds = await client.recv()
+    assert cds.type_url == types.CLUSTER
+    assert [r.name for r in cds.resources] == ["new"] and not cds.removed_resources
+    await client.expect_silence()
+    await ack(cds)
+    await client.send(
+        discovery_pb2.DeltaDiscoveryRequest(
+            type_url=types.ENDPOINT, resource_names_subscribe=["new"]
+        )
+    )
+    eds = await client.recv()
+    assert eds.type_url == types.ENDPOINT and [r.name for r in eds.resources] == ["new"]
+    await client.expect_silence()
+    await ack(eds)
+    rds = await client.recv()
+    assert rds.type_url == types.ROUTE and hosts_of(rds) == ["a", "new"]
+    await client.expect_silence()
+    # Once the routes without "old" are ACKed, "old" is removed.
+    await ack(rds)
+    removal = await client.recv()
+    assert removal.type_url == types.CLUSTER
+    assert list(removal.removed_resources) == ["old"] and not removal.resources
+    client.close()
+
+
+async def test_routes_are_not_held_forever_for_a_cluster_that_never_warms() -> None:
+    cache = SnapshotCache()
+    xds_server = XdsServer(cache=cache, warming_bound_seconds=0.5)
+    server = grpc.aio.server()
+    xds_server.register(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            cache.set_snapshot("edge", routed("a"))
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            envoy = SotwEnvoy(Client(stub.StreamAggregatedResources()))
+            await envoy.connect()
+
+            # Envoy ACKs the cluster but never asks for its endpoints: the
+            # routes go once the bound has passed.
+            cache.set_snapshot("edge", routed("a", "cold"))
+            assert (await envoy.recv()).type_url == types.CLUSTER
+            await envoy.ask(types.CLUSTER)
+            start = asyncio.get_running_loop().time()
+            responses = [await envoy.recv()]
+            while responses[-1].type_url != types.ROUTE:
+                responses.append(await envoy.recv())
+            assert asyncio.get_running_loop().time() - start >= 0.3
+            assert hosts_of(responses[-1]) == ["a", "cold"]
+            await envoy.ask(types.ROUTE)
+
+            # A NACKed cluster releases its routes at once.
+            cache.set_snapshot("edge", routed("a", "cold", "bad"))
+            cds = await envoy.recv()
+            assert cds.type_url == types.CLUSTER
+            await envoy.client.send(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=types.CLUSTER,
+                    version_info=envoy.last[types.CLUSTER].version_info,
+                    response_nonce=cds.nonce,
+                    error_detail=status_pb2.Status(code=3, message="cluster bad: no"),
+                )
+            )
+            rds = await asyncio.wait_for(envoy.recv(), 0.4)
+            while rds.type_url != types.ROUTE:
+                rds = await asyncio.wait_for(envoy.recv(), 0.4)
+            assert hosts_of(rds) == ["a", "bad", "cold"]
+            envoy.client.close()
+    finally:
+        await server.stop(grace=None)
+
+
+async def test_a_client_that_never_acks_clusters_gets_its_routes_unheld(xds) -> None:  # type: ignore[no-untyped-def]
+    cache, _, channel = xds
+    cache.set_snapshot("edge", routed("a"))
+    client = Client(
+        ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    )
+    # Envoy itself asks for listeners only after its first clusters warmed;
+    # a client that asks for everything at once and ACKs nothing is not held.
+    await client.send(discovery_pb2.DiscoveryRequest(node=NODE, type_url=types.CLUSTER))
+    await client.send(discovery_pb2.DiscoveryRequest(type_url=types.LISTENER))
+    await client.send(discovery_pb2.DiscoveryRequest(type_url=types.ROUTE, resource_names=["http"]))
+    got = [await client.recv() for _ in range(3)]
+    assert [r.type_url for r in got] == [types.CLUSTER, types.LISTENER, types.ROUTE]
+    cache.set_snapshot("edge", routed("a", "new"))
+    got = [await client.recv() for _ in range(2)]
+    assert [r.type_url for r in got] == [types.CLUSTER, types.ROUTE]
+    assert hosts_of(got[1]) == ["a", "new"]
+    client.close()

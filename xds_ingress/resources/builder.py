@@ -18,6 +18,12 @@ from xds_ingress import ir
 from xds_ingress.resources import types
 from xds_ingress.resources.cluster import build_cluster
 from xds_ingress.resources.endpoint import build_load_assignment
+from xds_ingress.resources.extension_config import (
+    GRPC_STATS,
+    GrpcMethod,
+    build_grpc_stats_extension,
+    routed_methods,
+)
 from xds_ingress.resources.listener import build_https_listener, build_listener
 from xds_ingress.resources.memo import Memo
 from xds_ingress.resources.route import build_route_configuration, build_virtual_host
@@ -49,6 +55,10 @@ class ResourceBuilder:
         # (the common change) must not rebuild, or re-version, the cluster.
         self._clusters: Memo[ir.Backend, Message] = Memo()
         self._load_assignments: Memo[ir.Backend, Message] = Memo()
+        # The gRPC methods of each route config, and the grpc_stats config of
+        # them all: a route change that names no new method rebuilds nothing.
+        self._methods: Memo[ir.RouteConfig, frozenset[GrpcMethod]] = Memo()
+        self._grpc_stats: Memo[frozenset[GrpcMethod], Message] = Memo()
         self._memos: tuple[Memo[Any, Any], ...] = (
             self._listeners,
             self._https_listeners,
@@ -58,6 +68,8 @@ class ResourceBuilder:
             self._virtual_hosts,
             self._clusters,
             self._load_assignments,
+            self._methods,
+            self._grpc_stats,
         )
 
     def build(self, config: ir.Config) -> Resources:
@@ -82,6 +94,12 @@ class ResourceBuilder:
             # day one of them changes the others are copied, not rebuilt.
             for vhost in route_config.virtual_hosts:
                 self._virtual_hosts.get(vhost, build_virtual_host)
+        if _has_connection_manager(config):
+            methods = frozenset[GrpcMethod]().union(
+                *(self._methods.get(each, routed_methods) for each in config.route_configs)
+            )
+            message = self._grpc_stats.get(methods, build_grpc_stats_extension)
+            _add(resources, types.EXTENSION_CONFIG, GRPC_STATS, message)
         for backend in config.backends:
             without_endpoints = dataclasses.replace(backend, endpoints=())
             message = self._clusters.get(without_endpoints, build_cluster)
@@ -97,6 +115,13 @@ class ResourceBuilder:
             route_config,
             virtual_host=lambda vhost: self._virtual_hosts.get(vhost, build_virtual_host),
         )
+
+
+def _has_connection_manager(config: ir.Config) -> bool:
+    # Only what some listener names is served (see cache.consistency_errors).
+    return bool(config.listeners) or any(
+        listener.filter_chains for listener in config.https_listeners
+    )
 
 
 def _add(resources: Resources, type_url: str, name: str, message: Message) -> None:

@@ -37,15 +37,16 @@ def render_static_bootstrap(
     node_cluster: str,
     admin_address: str | None = "127.0.0.1:9901",
 ) -> dict[str, Any]:
-    """A JSON-able bootstrap; raises KeyError when a named RDS/EDS resource is missing."""
+    """A JSON-able bootstrap; raises KeyError when a named RDS/EDS/ECDS resource is missing."""
     routes = resources.get(types.ROUTE, {})
     assignments = resources.get(types.ENDPOINT, {})
+    extensions = resources.get(types.EXTENSION_CONFIG, {})
     bootstrap = bootstrap_shell(
         node_id=node_id, node_cluster=node_cluster, admin_address=admin_address
     )
     static = bootstrap.static_resources
     for name in sorted(listeners := resources.get(types.LISTENER, {})):
-        static.listeners.append(_with_inline_routes(listeners[name], routes))
+        static.listeners.append(_with_inline_routes(listeners[name], routes, extensions))
     for name in sorted(clusters := resources.get(types.CLUSTER, {})):
         static.clusters.append(_with_inline_endpoints(clusters[name], assignments))
     for name in sorted(secrets := resources.get(types.SECRET, {})):
@@ -54,7 +55,9 @@ def render_static_bootstrap(
 
 
 def _with_inline_routes(
-    listener: listener_pb2.Listener, routes: Mapping[str, Message]
+    listener: listener_pb2.Listener,
+    routes: Mapping[str, Message],
+    extensions: Mapping[str, Message],
 ) -> listener_pb2.Listener:
     # A copy: the builder shares its messages between builds.
     inlined = listener_pb2.Listener()
@@ -72,8 +75,21 @@ def _with_inline_routes(
             if hcm.HasField("rds"):
                 # route_config shares a oneof with rds, so this also clears rds.
                 hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
-                network_filter.typed_config.CopyFrom(typed(hcm))
+            _inline_extension_configs(hcm, extensions)
+            network_filter.typed_config.CopyFrom(typed(hcm))
     return inlined
+
+
+def _inline_extension_configs(
+    hcm: hcm_pb2.HttpConnectionManager, extensions: Mapping[str, Message]
+) -> None:
+    """Put each ECDS filter's config in the filter, as xDS would have delivered it."""
+    for http_filter in hcm.http_filters:
+        if not http_filter.HasField("config_discovery"):
+            continue
+        extension: Any = extensions[http_filter.name]
+        # typed_config shares a oneof with config_discovery, so this also clears it.
+        http_filter.typed_config.CopyFrom(extension.typed_config)
 
 
 def _use_static_secrets(chain: listener_components_pb2.FilterChain) -> None:

@@ -21,6 +21,10 @@ from xds_ingress.cache import Resource, Snapshot, TypeSnapshot
 from xds_ingress.resources import types
 from xds_ingress.server.registry import StreamKind, StreamStatus
 from xds_ingress.server.stream import WILDCARD_TYPES, StreamContext, XdsStream, in_ads_order
+from xds_ingress.server.warming import Plan
+
+# Types whose resources outlive the snapshot until no route names them.
+_LINGERING_TYPES = frozenset({types.CLUSTER, types.ENDPOINT})
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +121,18 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
         self._answered(type_url, request.response_nonce, acked=True)
         self._record_ack(type_url=type_url, resources=sent)
 
-    def _responses(self, snapshot: Snapshot) -> Iterator[tuple[str, bytes]]:
+    def _responses(self, snapshot: Snapshot, plan: Plan) -> Iterator[tuple[str, bytes]]:
         for type_url in in_ads_order(set(self._types)):
-            response = self._response_for(type_url, self._types[type_url], snapshot)
+            if type_url in plan.hold:
+                continue
+            linger = plan.linger if type_url in _LINGERING_TYPES else frozenset()
+            response = self._response_for(type_url, self._types[type_url], snapshot, linger)
             if response is not None:
                 yield type_url, response
 
-    def _response_for(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> bytes | None:
+    def _response_for(
+        self, type_url: str, state: _TypeState, snapshot: Snapshot, linger: frozenset[str]
+    ) -> bytes | None:
         resources: TypeSnapshot = snapshot.of_type(type_url)
         in_scope = (
             resources.resources
@@ -142,7 +151,10 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
         removed = sorted(
             name
             for name in state.known
-            if name not in resources.resources and (state.wildcard or name in state.names)
+            if name not in resources.resources
+            and (state.wildcard or name in state.names)
+            # Removed only once no route the Envoy holds can name it.
+            and name not in linger
         )
         if not changed and not removed and (state.answered or not state.wildcard):
             # Nothing new. But a wildcard subscription is always answered

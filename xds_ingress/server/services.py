@@ -23,6 +23,7 @@ from xds_ingress.server.observer import NullObserver, XdsObserver
 from xds_ingress.server.registry import StreamKind, StreamRegistry
 from xds_ingress.server.sotw import SharedResponses, SotwStream
 from xds_ingress.server.stream import StreamContext, XdsStream
+from xds_ingress.server.warming import DEFAULT_BOUND_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class XdsServer:
         registry: StreamRegistry | None = None,
         control_plane_id: str = "xds-ingress",
         observer: XdsObserver | None = None,
+        warming_bound_seconds: float = DEFAULT_BOUND_SECONDS,
     ) -> None:
         self.metrics = metrics if metrics is not None else XdsMetrics()
         self.registry = registry if registry is not None else StreamRegistry()
@@ -98,6 +100,7 @@ class XdsServer:
             metrics=self.metrics,
             control_plane_id=control_plane_id,
             observer=self._observer,
+            warming_bound_seconds=warming_bound_seconds,
         )
         self.shared_responses = SharedResponses(control_plane_id=control_plane_id)
 

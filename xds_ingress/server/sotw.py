@@ -27,6 +27,10 @@ from xds_ingress.server.stream import (
     XdsStream,
     in_ads_order,
 )
+from xds_ingress.server.warming import Plan
+
+# Types whose resources outlive the snapshot until no route names them.
+_LINGERING_TYPES = frozenset({types.CLUSTER, types.ENDPOINT})
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +202,13 @@ class SotwStream(XdsStream[DiscoveryRequest]):
             resources={name: changed[name].version for name in at_fault},
         )
 
-    def _responses(self, snapshot: Snapshot) -> Iterator[tuple[str, bytes]]:
+    def _responses(self, snapshot: Snapshot, plan: Plan) -> Iterator[tuple[str, bytes]]:
         for type_url in in_ads_order(set(self._types)):
             state = self._types[type_url]
-            if not state.requested:
+            if not state.requested or type_url in plan.hold:
                 continue
-            response = self._response_for(type_url, state, snapshot.of_type(type_url))
+            linger = plan.linger if type_url in _LINGERING_TYPES else frozenset()
+            response = self._response_for(type_url, state, snapshot.of_type(type_url), linger)
             if response is not None:
                 yield type_url, response
 
@@ -219,8 +224,23 @@ class SotwStream(XdsStream[DiscoveryRequest]):
                 state.resend = True
 
     @staticmethod
-    def _selection(state: _TypeState, resources: TypeSnapshot) -> dict[str, Resource]:
-        """What this stream is sent of `resources`: its names, holds applied."""
+    def _lingering(
+        state: _TypeState, resources: TypeSnapshot, linger: frozenset[str]
+    ) -> dict[str, Resource]:
+        """What the last response had of `linger` and the snapshot no longer has."""
+        return {
+            name: state.sent[name]
+            for name in linger
+            if name in state.sent
+            and name not in resources.resources
+            and (state.wildcard or name in state.names)
+        }
+
+    @staticmethod
+    def _selection(
+        state: _TypeState, resources: TypeSnapshot, lingering: Mapping[str, Resource]
+    ) -> dict[str, Resource]:
+        """What this stream is sent of `resources`: its names, holds and lingering applied."""
         if state.wildcard:
             selected = dict(resources.resources)
         else:
@@ -236,22 +256,24 @@ class SotwStream(XdsStream[DiscoveryRequest]):
                 del selected[name]
             else:
                 selected[name] = hold.substitute
+        selected.update(lingering)
         return selected
 
     def _response_for(
-        self, type_url: str, state: _TypeState, resources: TypeSnapshot
+        self, type_url: str, state: _TypeState, resources: TypeSnapshot, linger: frozenset[str]
     ) -> bytes | None:
         if state.holds:
             self._release_changed(state, resources)
+        lingering = self._lingering(state, resources, linger) if linger else {}
         selected: Mapping[str, Resource]
-        shared = state.wildcard and not state.holds
+        shared = state.wildcard and not state.holds and not lingering
         if shared:
             # The common case, checked without copying anything: every
             # stream is woken on every publish.
             key = resources.version
             selected = resources.resources
         else:
-            selected = self._selection(state, resources)
+            selected = self._selection(state, resources, lingering)
             if not selected and not state.wildcard:
                 # Nothing asked for exists yet: answered when it appears.
                 return None

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +24,7 @@ from xds_ingress.server.metrics import XdsMetrics
 from xds_ingress.server.observer import Answer, NullObserver, Rejection, XdsObserver
 from xds_ingress.server.redact import redact_text
 from xds_ingress.server.registry import Nack, StreamStatus, one_line
+from xds_ingress.server.warming import DEFAULT_BOUND_SECONDS, Holdings, Plan, WarmingGate
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class StreamContext:
     # Told every ACK and NACK, e.g. so a NACK becomes status on the objects
     # behind the rejected resources (app.py wires it; the server knows no more).
     observer: XdsObserver = field(default_factory=NullObserver)
+    # How long routes wait for a new cluster to warm before they go anyway.
+    warming_bound_seconds: float = DEFAULT_BOUND_SECONDS
 
 
 class XdsStream(abc.ABC, Generic[Request]):
@@ -74,11 +77,18 @@ class XdsStream(abc.ABC, Generic[Request]):
         self._nonces = itertools.count(1)
         # Types this stream has asked for (the per-type streams gauge).
         self._asked: set[str] = set()
+        # Types the Envoy has ACKed at least once (see warming).
+        self._acked_once: set[str] = set()
         # type -> nonce -> time.monotonic() it was sent, for sent-to-ACK latency.
         self._sent_at: dict[str, dict[str, float]] = {}
         # type -> the snapshot version its last response came from: a new one
         # is a push caused by a change, whose change-to-sent latency counts.
         self._pushed_from: dict[str, str] = {}
+        # Routes wait for their clusters to warm; dropped clusters wait for
+        # the routes that named them (see warming).
+        self._gate = WarmingGate(
+            node=lambda: str(self._status.node_id), bound=context.warming_bound_seconds
+        )
 
     @property
     def group(self) -> str | None:
@@ -143,11 +153,32 @@ class XdsStream(abc.ABC, Generic[Request]):
                 type_url, kind, max(0.0, now - snapshot.changed_at)
             )
 
+    def _awaiting(self, type_url: str) -> bool:
+        """The last response of `type_url` is not answered yet."""
+        return self._status.of_type(type_url).sent_nonce in self._sent_at.get(type_url, {})
+
+    def _clusters_in_scope(self, snapshot: Snapshot) -> Set[str]:
+        clusters = snapshot.of_type(types.CLUSTER).resources
+        status = self._status.of_type(types.CLUSTER)
+        if status.wildcard:
+            return clusters.keys()
+        return frozenset(name for name in status.subscribed if name in clusters)
+
+    def _holdings(self) -> Holdings:
+        return Holdings(
+            asked=self._asked,
+            answered=self._acked_once,
+            acked=lambda type_url: self._status.of_type(type_url).acked_resources.keys(),
+            sent_clusters=self._status.of_type(types.CLUSTER).sent_resources.keys(),
+            clusters_in_scope=self._clusters_in_scope,
+        )
+
     def _answered(self, type_url: str, nonce: str, *, acked: bool) -> None:
         """Envoy answered the response with `nonce`: count it, time an ACK."""
         sent_at = self._sent_at.get(type_url, {}).pop(nonce, None)
         if not acked:
             return
+        self._acked_once.add(type_url)
         self._context.metrics.acked(type_url, self._status.kind)
         if sent_at is not None:
             self._context.metrics.observe_sent_to_ack(
@@ -181,6 +212,7 @@ class XdsStream(abc.ABC, Generic[Request]):
             resources=dict(resources),
         )
         status.last_nack = nack
+        self._gate.rejected(type_url, resources)
         for name in resources:
             status.nacked_resources[name] = nack
         self._prune_nacks(type_url)
@@ -241,13 +273,29 @@ class XdsStream(abc.ABC, Generic[Request]):
     def _on_request(self, request: Request) -> None: ...
 
     @abc.abstractmethod
-    def _responses(self, snapshot: Snapshot) -> Iterator[tuple[str, bytes]]:
-        """(type_url, serialised response) for each response the snapshot calls for."""
+    def _responses(self, snapshot: Snapshot, plan: Plan) -> Iterator[tuple[str, bytes]]:
+        """(type_url, serialised response) for each response the snapshot calls for.
+
+        Types in `plan.hold` are not sent; `plan.linger` names stay in CDS and EDS.
+        """
+
+    def _schedule_timeout(
+        self, plan: Plan, wake: Callable[[], None], timer: asyncio.TimerHandle | None
+    ) -> asyncio.TimerHandle | None:
+        """Wake the stream when the oldest cluster waited for times out."""
+        if timer is not None:
+            timer.cancel()
+        deadline = self._gate.next_deadline()
+        if not plan.hold or deadline is None:
+            return None
+        delay = max(0.0, deadline - time.monotonic())
+        return asyncio.get_running_loop().call_later(delay, wake)
 
     async def run(self, requests: AsyncIterator[Request]) -> AsyncIterator[bytes]:
         events: StreamEvents[Request] = StreamEvents()
         reader = asyncio.create_task(events.feed(requests))
         cancel_watch: Cancel | None = None
+        timer: asyncio.TimerHandle | None = None
         try:
             while True:
                 batch = await events.next_batch()
@@ -266,11 +314,27 @@ class XdsStream(abc.ABC, Generic[Request]):
                 snapshot = self._context.cache.current(self._group)
                 if snapshot is None:
                     continue
-                for type_url, response in self._responses(snapshot):
-                    yield response
-                    self._sent(type_url, snapshot)
+                another_pass = True
+                while another_pass:
+                    version = snapshot.version
+                    plan = self._gate.plan(snapshot, version, self._holdings(), time.monotonic())
+                    sent: set[str] = set()
+                    for type_url, response in self._responses(snapshot, plan):
+                        yield response
+                        self._sent(type_url, snapshot)
+                        sent.add(type_url)
+                    another_pass = self._gate.after_pass(
+                        version=version,
+                        plan=plan,
+                        held=self._holdings(),
+                        sent=sent,
+                        awaiting=self._awaiting,
+                    )
+                    timer = self._schedule_timeout(plan, events.wake, timer)
         finally:
             reader.cancel()
+            if timer is not None:
+                timer.cancel()
             if cancel_watch is not None:
                 cancel_watch()
             for type_url in self._asked:
