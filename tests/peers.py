@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,20 +52,34 @@ class MissingTestDependency(RuntimeError):
 # ---------------------------------------------------------------- ports
 
 
+# Below Linux's ephemeral range (32768-60999 by default). Port 0 binds draw
+# from that range, and so does every outgoing connection any process makes:
+# a port found that way was sometimes taken by a client socket before Envoy
+# or the control plane bound it (CI: "Address already in use"). Ports here
+# are handed out only when someone asks for them by number.
+_UNEPHEMERAL_PORTS = range(20_000, 32_768)
+
+
 def free_port(*, host: str = LOOPBACK) -> int:
     """A TCP port on `host` that was free a moment ago.
 
-    The port is found by binding port 0 and closing the socket, so another
-    process can take it before the caller binds it (a small race). Anything we
+    The port is found by binding a random port below the ephemeral range and
+    closing the socket, so another process could still take it before the
+    caller binds it (a smaller race). Anything we
     start ourselves that can report the port it bound (Envoy's admin, the demo
     backends, the control plane's gRPC server) should be given port 0 instead;
     use this only where a port has to be written into configuration first,
     such as an Envoy listener in a bootstrap.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for _ in range(200):
+        port = random.choice(_UNEPHEMERAL_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on {host} in {_UNEPHEMERAL_PORTS}")
 
 
 # ---------------------------------------------------------------- waiting
