@@ -17,7 +17,7 @@ STAMP := $(VENV)/.stamp
 # The test peers are library code for every test, so they are held to
 # --strict like the package; test files themselves are not (yet).
 MYPY_EXTRA := scripts tests/peers.py tests/conftest.py tests/test_peers.py \
-	tests/test_route_warming.py \
+	tests/test_route_warming.py tests/test_bench_parsers.py \
 	tests/test_grpc_method_stats.py \
 	tests/kube_apiserver.py tests/test_kubernetes_source.py tests/test_backoff.py \
 	tests/test_manifests.py tests/test_status_nack.py tests/test_kube_status.py \

@@ -3,13 +3,16 @@
 h2load speaks HTTP/2, not gRPC: a call is a POST of one length-prefixed
 message with gRPC's headers, and success is an HTTP 2xx (a gRPC error in
 the trailers would not show; the data-plane scenario checks every target
-with ghz first). It reports throughput and the mean latency, no
-percentiles. Every run is bounded in time (`-D`) and by a subprocess
-timeout.
+with ghz first). Its text report gives throughput and the mean latency;
+percentiles come from its per-request log (`--log-file`), and a fixed
+request rate from `--rps` (per connection). Every run is bounded in time
+(`-D`) and by a subprocess timeout.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 import shutil
@@ -29,6 +32,9 @@ class H2loadResult:
     elapsed_s: float
     bytes_total: int
     cipher: str  # "" when not TLS
+    # From the per-request log (NaN without one): successful requests only.
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
 
 
 def binary() -> str:
@@ -76,11 +82,17 @@ def run(
     tls: bool = False,
     requests: int = 0,
     cpus: Sequence[int] = (),
+    rps_per_client: float = 0.0,
+    log_path: Path | None = None,
+    warmup_seconds: float = 0.0,
 ) -> H2loadResult:
-    """Unthrottled load on `clients` connections to `address` (HOST:PORT).
+    """Load on `clients` connections to `address` (HOST:PORT).
 
-    For `seconds`, or with `requests` for that many in all (then `seconds`
-    only bounds the wait). `tls`: https, with `authority` as the SNI name.
+    Unthrottled, or `rps_per_client` requests per second on each
+    connection. For `seconds`, or with `requests` for that many in all (then
+    `seconds` only bounds the wait). `tls`: https, with `authority` as the
+    SNI name. With `log_path`, p50/p99 are read from the per-request log,
+    leaving out requests started in the first `warmup_seconds`.
     """
     argv = [
         binary(),
@@ -99,6 +111,8 @@ def run(
         "content-type: application/grpc",
         "-H",
         "te: trailers",
+        *([f"--rps={rps_per_client:g}"] if rps_per_client else []),
+        *([f"--log-file={log_path}"] if log_path is not None else []),
         f"{'https' if tls else 'http'}://{authority}{path}",
     ]
     pinned = set(cpus)
@@ -116,7 +130,36 @@ def run(
     )
     if completed.returncode != 0:
         raise RuntimeError(f"h2load failed ({completed.returncode}): {completed.stderr[-2000:]}")
-    return parse(completed.stdout)
+    result = parse(completed.stdout)
+    if log_path is None:
+        return result
+    p50, p99 = latency_percentiles(log_path.read_text(), warmup_seconds=warmup_seconds)
+    return dataclasses.replace(result, p50_ms=p50, p99_ms=p99)
+
+
+def latency_percentiles(log: str, *, warmup_seconds: float = 0.0) -> tuple[float, float]:
+    """p50 and p99 in ms (nearest rank) of the 2xx requests in an h2load `--log-file`.
+
+    Its lines are tab-separated: start time (µs since the epoch), HTTP
+    status (-1 for a request that failed), µs until the end of the
+    response. Requests started within `warmup_seconds` of the first are
+    left out, as ghz's --skipFirst does. (NaN, NaN) when none is left.
+    """
+    rows = [line.split("\t") for line in log.splitlines() if line.strip()]
+    if not rows:
+        return math.nan, math.nan
+    first_start = min(int(row[0]) for row in rows)
+    cutoff = first_start + warmup_seconds * 1e6
+    durations = sorted(
+        int(row[2]) / 1e3 for row in rows if 200 <= int(row[1]) < 300 and int(row[0]) >= cutoff
+    )
+    if not durations:
+        return math.nan, math.nan
+    return _nearest_rank(durations, 0.50), _nearest_rank(durations, 0.99)
+
+
+def _nearest_rank(ordered: Sequence[float], fraction: float) -> float:
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def parse(text: str) -> H2loadResult:

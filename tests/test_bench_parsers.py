@@ -1,0 +1,82 @@
+"""The benchmark reads h2load's report and per-request log: a misread would
+publish wrong figures, so the parsers are checked on real output shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import h2load
+
+# h2load 1.52's report for 4 connections (nghttp2-client, Debian bookworm).
+REPORT = """\
+starting benchmark...
+spawning thread #0: 4 total client(s). 4000 total requests
+Application protocol: h2c
+progress: 10% done
+
+finished in 1.02s, 3921.57 req/s, 770.21KB/s
+requests: 4000 total, 4000 started, 4000 done, 3990 succeeded, 10 failed, 0 errored, 0 timeout
+status codes: 3990 2xx, 0 3xx, 6 4xx, 0 5xx
+traffic: 785.45KB (804303) total, 41.23KB (42219) headers (space savings 92.50%), \
+640.63KB (656000) data
+                     min         max         mean         sd        +/- sd
+time for request:      101us      3.21ms       812us       190us    70.12%
+time for connect:       95us       152us       120us        23us    75.00%
+time to 1st byte:      2.01ms      2.20ms      2.10ms        80us    50.00%
+req/s           :     980.12     985.40     982.77        2.17    50.00%
+"""
+
+
+def test_report_counts_4xx_as_failed_and_reads_rate_and_mean() -> None:
+    result = h2load.parse(REPORT)
+    assert result.rps == pytest.approx(3921.57)
+    assert result.non_2xx == 6
+    assert result.ok == 3990 - 6
+    assert result.failed == 10 + 6
+    assert result.mean_ms == pytest.approx(0.812)
+    assert result.elapsed_s == pytest.approx(1.02)
+    assert result.bytes_total == 804303
+    assert result.cipher == ""
+    assert math.isnan(result.p99_ms)  # no log given
+
+
+def test_report_in_milliseconds_and_with_tls() -> None:
+    text = REPORT.replace("finished in 1.02s", "finished in 850.5ms").replace(
+        "Application protocol: h2c", "TLS Protocol: TLSv1.3\nCipher: TLS_AES_128_GCM_SHA256"
+    )
+    result = h2load.parse(text)
+    assert result.elapsed_s == pytest.approx(0.8505)
+    assert result.cipher == "TLS_AES_128_GCM_SHA256"
+
+
+def test_unexpected_report_is_an_error_not_zeroes() -> None:
+    with pytest.raises(ValueError, match="unexpected h2load output"):
+        h2load.parse("connect failed\n")
+
+
+def test_log_percentiles_skip_warmup_and_failures() -> None:
+    start = 1_700_000_000_000_000
+    lines = [f"{start}\t200\t900000"]  # warm-up: left out
+    # 100 requests after the warm-up: 1 ms ... 100 ms.
+    lines += [f"{start + 600_000 + i}\t200\t{(i + 1) * 1000}" for i in range(100)]
+    lines += [f"{start + 700_000}\t-1\t5000000", f"{start + 700_001}\t503\t4000000"]
+    p50, p99 = h2load.latency_percentiles("\n".join(lines) + "\n", warmup_seconds=0.5)
+    assert p50 == pytest.approx(50.0)
+    assert p99 == pytest.approx(99.0)
+
+
+def test_log_without_successes_gives_nan() -> None:
+    p50, p99 = h2load.latency_percentiles("1700000000000000\t-1\t10\n")
+    assert math.isnan(p50) and math.isnan(p99)
+    assert all(math.isnan(v) for v in h2load.latency_percentiles(""))
+
+
+def test_request_frame_is_one_length_prefixed_message() -> None:
+    frame = h2load.unary_request_frame(128)
+    assert frame[0] == 0  # not compressed
+    assert int.from_bytes(frame[1:5], "big") == len(frame) - 5
+    # SimpleRequest.response_size = 128, then the payload field (3).
+    assert frame[5:8] == b"\x10\x80\x01"
+    assert frame[8] == 0x1A
