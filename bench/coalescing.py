@@ -42,7 +42,14 @@ from typing import Any, Final
 
 from bench import control_plane, envoy, ghz, h2_settings, peer_configs
 from bench.data_plane import HOST, backend_objects
-from bench.procs import LOOPBACK, Child, free_port, repo_tool, wait_until_accepting
+from bench.procs import (
+    LOOPBACK,
+    Child,
+    free_port,
+    repo_tool,
+    spawn_interop_server,
+    wait_until_accepting,
+)
 from bench.results import CaseResult, MetricSpec, TargetResult, at_most
 from xds_ingress.bootstrap import render_bootstrap
 
@@ -170,18 +177,9 @@ class CoalescingCase:
         return child
 
     def prepare(self, workdir: Path) -> dict[str, Any]:
-        interop = repo_tool("grpc-interop-server")
-        if interop is None:
-            raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
         limit = raise_fd_limit(self.clients * 2 + FD_SLACK)
-        self._backend_port = free_port()
-        backend = self._spawn(
-            Child.spawn(
-                "backend",
-                [interop, "-port", str(self._backend_port)],
-                log_path=workdir / "backend.log",
-            )
-        )
+        backend, self._backend_port = spawn_interop_server(workdir / "backend.log")
+        self._spawn(backend)
         wait_until_accepting(backend, self._backend_port, within_seconds=30)
         backend_streams = h2_settings.max_concurrent_streams(self._backend_port)
         self._start_xds(workdir / "xds")

@@ -33,7 +33,14 @@ import psutil
 import yaml
 
 from bench import control_plane, envoy, ghz, h2load, peer_configs
-from bench.procs import LOOPBACK, Child, free_port, repo_tool, wait_until_accepting
+from bench.procs import (
+    LOOPBACK,
+    Child,
+    free_port,
+    repo_tool,
+    spawn_interop_server,
+    wait_until_accepting,
+)
 from bench.results import CaseResult, MetricSpec, TargetResult, at_least, at_most
 from xds_ingress.bootstrap import render_bootstrap
 
@@ -159,19 +166,16 @@ class UnaryCase:
 
     def _start_backend(self, workdir: Path) -> int:
         """The backend on SERVER_CPU; returns its port."""
-        backend_port = free_port()
+        log_path = workdir / "backend.log"
         if self.backend == NGINX_H2C:
+            backend_port = free_port()
             config = peer_configs.nginx_empty_grpc(workdir=workdir, listen_port=backend_port)
             argv: list[str | Path] = ["nginx", "-c", config, "-p", workdir]
             argv += ["-e", workdir / "error.log"]
+            backend = Child.spawn("backend", argv, log_path=log_path, cpus=SERVER_CPU)
         else:
-            interop = repo_tool("grpc-interop-server")
-            if interop is None:
-                raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
-            argv = [interop, "-port", str(backend_port)]
-        backend = self._spawn(
-            Child.spawn("backend", argv, log_path=workdir / "backend.log", cpus=SERVER_CPU)
-        )
+            backend, backend_port = spawn_interop_server(log_path, cpus=SERVER_CPU)
+        self._spawn(backend)
         wait_until_accepting(backend, backend_port, within_seconds=30)
         return backend_port
 

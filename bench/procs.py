@@ -177,3 +177,18 @@ def wait_until_accepting(child: Child, port: int, *, within_seconds: float) -> f
             return time.perf_counter() - child.started
         time.sleep(0.005)
     raise TimeoutError(f"{child.name}: port {port} not accepting after {within_seconds} s")
+
+
+def spawn_interop_server(log_path: Path, *, cpus: Sequence[int] = ()) -> tuple[Child, int]:
+    """The grpc-go interop server (the scenarios' backend) on a free loopback port.
+
+    Returns before the port accepts: the caller registers the child for
+    cleanup first, then calls `wait_until_accepting`, so a server that never
+    comes up is still stopped.
+    """
+    interop = repo_tool("grpc-interop-server")
+    if interop is None:
+        raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
+    port = free_port()
+    child = Child.spawn("backend", [interop, "-port", str(port)], log_path=log_path, cpus=cpus)
+    return child, port

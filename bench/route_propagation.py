@@ -32,7 +32,13 @@ from typing import Any, Final
 
 from bench import envoy, grpc_probe, kube, kube_stack, kube_workload
 from bench.kube import LocalApiServer
-from bench.procs import LOOPBACK, Child, free_port, repo_tool, wait_until_accepting
+from bench.procs import (
+    LOOPBACK,
+    Child,
+    repo_tool,
+    spawn_interop_server,
+    wait_until_accepting,
+)
 from bench.results import CaseResult, MetricSpec, TargetResult, at_most, percentile
 from bench.workload import NAMESPACE, host_name
 
@@ -97,15 +103,7 @@ class RoutePropagationCase:
         }
 
     def prepare(self, workdir: Path) -> dict[str, Any]:
-        interop = repo_tool("grpc-interop-server")
-        if interop is None:
-            raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
-        self._backend_port = free_port()
-        self._backend = Child.spawn(
-            "backend",
-            [interop, "-port", str(self._backend_port)],
-            log_path=workdir / "backend.log",
-        )
+        self._backend, self._backend_port = spawn_interop_server(workdir / "backend.log")
         wait_until_accepting(self._backend, self._backend_port, within_seconds=30)
         self._kube = LocalApiServer(workdir / "kube")
         self._kube.start()

@@ -43,7 +43,14 @@ from cryptography.x509.oid import NameOID
 
 from bench import control_plane, envoy, h2load
 from bench.data_plane import HOST, backend_objects
-from bench.procs import LOOPBACK, Child, free_port, repo_tool, wait_until_accepting
+from bench.procs import (
+    LOOPBACK,
+    Child,
+    free_port,
+    repo_tool,
+    spawn_interop_server,
+    wait_until_accepting,
+)
 from bench.results import CaseResult, MetricSpec, TargetResult
 from xds_ingress.bootstrap import render_bootstrap
 
@@ -220,18 +227,8 @@ class TlsCase:
         return child
 
     def prepare(self, workdir: Path) -> dict[str, Any]:
-        interop = repo_tool("grpc-interop-server")
-        if interop is None:
-            raise FileNotFoundError("no grpc-interop-server: run bench/install-deps.sh")
-        backend_port = free_port()
-        backend = self._spawn(
-            Child.spawn(
-                "backend",
-                [interop, "-port", str(backend_port)],
-                log_path=workdir / "backend.log",
-                cpus=SERVER_CPU,
-            )
-        )
+        backend, backend_port = spawn_interop_server(workdir / "backend.log", cpus=SERVER_CPU)
+        self._spawn(backend)
         wait_until_accepting(backend, backend_port, within_seconds=30)
         folder = workdir / "objects"
         folder.mkdir(parents=True)
