@@ -559,6 +559,318 @@ async def test_a_backend_in_another_namespace_needs_a_reference_grant(
             objects.core.delete_namespace(elsewhere)
 
 
+async def test_a_listener_selecting_namespaces_by_label_follows_relabelling(
+    gateway_crds: KubeCluster,
+    objects: Objects,
+    gateway_objects: GatewayObjects,
+    backend_factory: BackendFactory,
+    start: Any,
+) -> None:
+    """allowedRoutes.namespaces from: Selector, with the route in another namespace."""
+    a = await backend_factory("a")
+    label = "xds-ingress.test/gateway"
+    shared = f"shared-{secrets.token_hex(4)}"  # the cluster is shared by every test
+    elsewhere = f"{objects.namespace}-team"
+    objects.core.create_namespace({"metadata": {"name": elsewhere, "labels": {label: shared}}})
+    there = Objects(cluster=objects.cluster, namespace=elsewhere)
+    backends_for(there, {"greeter-a": a.port})
+    team = GatewayObjects(cluster=objects.cluster, namespace=elsewhere)
+    gateway_objects.gateway_class()
+    gateway_objects.create(
+        "gateways",
+        {
+            "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {
+                "gatewayClassName": gateway_objects.class_name,
+                "listeners": [
+                    {
+                        "name": "http",
+                        "port": 80,
+                        "protocol": "HTTP",
+                        "allowedRoutes": {
+                            "namespaces": {
+                                "from": "Selector",
+                                "selector": {"matchLabels": {label: shared}},
+                            }
+                        },
+                    }
+                ],
+            },
+        },
+    )
+    team.create(
+        "grpcroutes",
+        {
+            "kind": "GRPCRoute",
+            "metadata": {"name": "greeter"},
+            "spec": {
+                "parentRefs": [{"name": "gw", "namespace": objects.namespace}],
+                "hostnames": ["grpc.example.com"],
+                "rules": [rule(backend="greeter-a")],
+            },
+        },
+    )
+
+    def attached() -> object:
+        listeners = gateway_objects.status("gateways", "gw").get("listeners") or [{}]
+        return listeners[0].get("attachedRoutes")
+
+    def relabel(value: str) -> None:
+        objects.core.patch_namespace(elsewhere, {"metadata": {"labels": {label: value}}})
+
+    try:
+        running = await start(cluster_wide=True)
+        await until_answered(running.target, "grpc.example.com", ("a", grpc.StatusCode.OK))
+        await until(
+            lambda: (
+                parent_condition(team.status("grpcroutes", "greeter"), "Accepted")
+                == ("True", "Accepted")
+            ),
+            message="greeter: Accepted through the selector",
+        )
+        await until(lambda: attached() == 1, message="the listener counts the route")
+
+        # The namespace no longer matches: the route detaches, and says why.
+        relabel("private")
+        await until_answered(
+            running.target, "grpc.example.com", ("", grpc.StatusCode.UNIMPLEMENTED)
+        )
+        await until(
+            lambda: (
+                parent_condition(team.status("grpcroutes", "greeter"), "Accepted")
+                == ("False", "NotAllowedByListeners")
+            ),
+            message="greeter: NotAllowedByListeners once its namespace is relabelled",
+        )
+        await until(lambda: attached() == 0, message="the listener no longer counts it")
+        gateway_status = gateway_objects.status("gateways", "gw")
+        assert condition(gateway_status.get("conditions"), "Programmed")["status"] == "True"
+
+        # And back.
+        relabel(shared)
+        await until_answered(running.target, "grpc.example.com", ("a", grpc.StatusCode.OK))
+        await until(
+            lambda: (
+                parent_condition(team.status("grpcroutes", "greeter"), "Accepted")
+                == ("True", "Accepted")
+            ),
+            message="greeter: Accepted again",
+        )
+        await until(lambda: attached() == 1, message="the listener counts it again")
+    finally:
+        with contextlib.suppress(ApiException):
+            objects.core.delete_namespace(elsewhere)
+
+
+async def test_with_watch_namespace_a_selector_still_reads_the_namespace_labels(
+    gateway_crds: KubeCluster,
+    objects: Objects,
+    gateway_objects: GatewayObjects,
+    backend_factory: BackendFactory,
+    start: Any,
+) -> None:
+    """Namespaces are cluster-scoped: watched cluster-wide even when the rest is not."""
+    a = await backend_factory("a")
+    backends_for(objects, {"greeter-a": a.port})
+    label = "xds-ingress.test/gateway"
+    shared = f"shared-{secrets.token_hex(4)}"
+    objects.core.patch_namespace(objects.namespace, {"metadata": {"labels": {label: shared}}})
+    gateway_objects.gateway_class()
+    gateway_objects.create(
+        "gateways",
+        {
+            "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {
+                "gatewayClassName": gateway_objects.class_name,
+                "listeners": [
+                    {
+                        "name": "http",
+                        "port": 80,
+                        "protocol": "HTTP",
+                        "allowedRoutes": {
+                            "namespaces": {
+                                "from": "Selector",
+                                "selector": {
+                                    "matchExpressions": [
+                                        {"key": label, "operator": "In", "values": [shared]}
+                                    ]
+                                },
+                            }
+                        },
+                    }
+                ],
+            },
+        },
+    )
+    gateway_objects.grpc_route(
+        "greeter", host="grpc.example.com", rules=[rule(backend="greeter-a")]
+    )
+    running = await start()  # --watch-namespace: this test's namespace
+    await until_answered(running.target, "grpc.example.com", ("a", grpc.StatusCode.OK))
+    objects.core.patch_namespace(objects.namespace, {"metadata": {"labels": {label: None}}})
+    await until_answered(running.target, "grpc.example.com", ("", grpc.StatusCode.UNIMPLEMENTED))
+
+
+async def test_an_invalid_namespace_selector_is_reported_on_the_listener(
+    gateway_crds: KubeCluster,
+    objects: Objects,
+    gateway_objects: GatewayObjects,
+    backend_factory: BackendFactory,
+    start: Any,
+) -> None:
+    """The CRD does not check operators: the API server stores it, we report it."""
+    a = await backend_factory("a")
+    backends_for(objects, {"greeter-a": a.port})
+    gateway_objects.gateway_class()
+    selector = {"matchExpressions": [{"key": "team", "operator": "Equals", "values": ["a"]}]}
+    gateway_objects.create(
+        "gateways",
+        {
+            "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {
+                "gatewayClassName": gateway_objects.class_name,
+                "listeners": [
+                    {
+                        "name": "http",
+                        "port": 80,
+                        "protocol": "HTTP",
+                        "allowedRoutes": {"namespaces": {"from": "Selector", "selector": selector}},
+                    }
+                ],
+            },
+        },
+    )
+    gateway_objects.grpc_route(
+        "greeter", host="grpc.example.com", rules=[rule(backend="greeter-a")]
+    )
+    running = await start()
+
+    def listener_accepted() -> dict[str, Any]:
+        listeners = gateway_objects.status("gateways", "gw").get("listeners") or [{}]
+        return condition(listeners[0].get("conditions"), "Accepted")
+
+    await until(
+        lambda: listener_accepted().get("reason") == "UnsupportedValue",
+        message="the listener: Accepted False UnsupportedValue",
+    )
+    assert listener_accepted()["status"] == "False"
+    assert "operator 'Equals' is not one of" in listener_accepted()["message"]
+    await until(
+        lambda: (
+            parent_condition(gateway_objects.status("grpcroutes", "greeter"), "Accepted")
+            == ("False", "NotAllowedByListeners")
+        ),
+        message="greeter: NotAllowedByListeners",
+    )
+    await until_answered(running.target, "grpc.example.com", ("", grpc.StatusCode.UNIMPLEMENTED))
+
+
+def stale_parent(gateway: str, *, controller: str = DEFAULT_CONTROLLER_NAME) -> dict[str, Any]:
+    """A status.parents entry as a previous run (or another controller) left it."""
+    return {
+        "parentRef": {"group": GROUP, "kind": "Gateway", "name": gateway},
+        "controllerName": controller,
+        "conditions": [
+            {
+                "type": "Accepted",
+                "status": "True",
+                "reason": "Accepted",
+                "message": "written before the restart",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
+
+
+async def test_parents_entries_for_parent_refs_the_route_no_longer_has_are_removed(
+    gateway_crds: KubeCluster,
+    objects: Objects,
+    gateway_objects: GatewayObjects,
+    backend_factory: BackendFactory,
+    start: Any,
+) -> None:
+    """Left by an earlier run: the route moved from Gateway old-gw to gw while we were down."""
+    a = await backend_factory("a")
+    backends_for(objects, {"greeter-a": a.port})
+    gateway_objects.gateway_class()
+    gateway_objects.gateway()
+    gateway_objects.grpc_route(
+        "greeter", host="grpc.example.com", rules=[rule(backend="greeter-a")]
+    )
+    theirs = stale_parent("their-gateway", controller=OTHER_CONTROLLER)
+    gateway_objects.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        "v1",
+        objects.namespace,
+        "grpcroutes",
+        "greeter",
+        {"status": {"parents": [stale_parent("old-gw"), theirs]}},
+    )
+
+    running = await start()
+    await until_answered(running.target, "grpc.example.com", ("a", grpc.StatusCode.OK))
+
+    def parents() -> list[tuple[str, str]]:
+        found = gateway_objects.status("grpcroutes", "greeter").get("parents") or []
+        return sorted((p["controllerName"], p["parentRef"]["name"]) for p in found)
+
+    await until(
+        lambda: (
+            parents()
+            == sorted([(DEFAULT_CONTROLLER_NAME, "gw"), (OTHER_CONTROLLER, "their-gateway")])
+        ),
+        message="our stale entry gone, the current one written, theirs kept",
+    )
+    (kept,) = (
+        p
+        for p in gateway_objects.status("grpcroutes", "greeter")["parents"]
+        if p["controllerName"] == OTHER_CONTROLLER
+    )
+    assert kept == theirs
+
+
+async def test_a_route_left_with_an_entry_of_ours_after_a_restart_is_cleaned(
+    gateway_crds: KubeCluster,
+    objects: Objects,
+    gateway_objects: GatewayObjects,
+    start: Any,
+) -> None:
+    """Its Gateway was deleted while no replica ran: translate says nothing about the route."""
+    gateway_objects.gateway_class()
+    gateway_objects.gateway("mine")  # a Gateway of ours, to know when status was written
+    gateway_objects.grpc_route(
+        "orphan", host="grpc.example.com", rules=[rule(backend="greeter-a")], gateway="gone"
+    )
+    theirs = stale_parent("their-gateway", controller=OTHER_CONTROLLER)
+    gateway_objects.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        "v1",
+        objects.namespace,
+        "grpcroutes",
+        "orphan",
+        {"status": {"parents": [stale_parent("gone"), theirs]}},
+    )
+    assert len(gateway_objects.status("grpcroutes", "orphan")["parents"]) == 2
+
+    await start()
+    await until(
+        lambda: (
+            condition(
+                gateway_objects.status("gateways", "mine").get("conditions"), "Programmed"
+            ).get("status")
+            == "True"
+        ),
+        message="our Gateway's status written: the writer leads",
+    )
+    await until(
+        lambda: gateway_objects.status("grpcroutes", "orphan").get("parents") == [theirs],
+        message="our entry from the earlier run removed, the other controller's kept",
+    )
+
+
 async def test_a_gateway_of_another_controller_gets_no_status(
     gateway_crds: KubeCluster,
     objects: Objects,

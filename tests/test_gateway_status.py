@@ -14,6 +14,7 @@ from xds_ingress import ir
 from xds_ingress.sources.objects import KubeObject, parse_object
 from xds_ingress.status import gateway_api
 from xds_ingress.status.gateway_api import Wanted
+from xds_ingress.status.gateway_planner import GatewayApiPlanner
 from xds_ingress.store import Store
 from xds_ingress.translate import translate
 from xds_ingress.translate.settings import ListenerSettings
@@ -244,3 +245,57 @@ def test_an_https_listener_without_a_servable_certificate_is_not_programmed() ->
     assert not secure.usable
     accepted, _ = gateway_api.gateway_conditions(found, states)
     assert (accepted.status, accepted.reason) == (ir.ConditionStatus.TRUE, "ListenersNotValid")
+
+
+def test_routes_left_with_an_entry_of_ours_after_a_restart_are_cleaned() -> None:
+    """Nobody remembers them: they are found by their status, given the routes."""
+
+    def parent(gateway: str, controller: str = CONTROLLER) -> dict[str, Any]:
+        return {
+            "parentRef": {"name": gateway},
+            "controllerName": controller,
+            "conditions": [
+                {
+                    "type": "Accepted",
+                    "status": "True",
+                    "reason": "Accepted",
+                    "message": "",
+                    "lastTransitionTime": EARLIER,
+                }
+            ],
+        }
+
+    def named(name: str, parents: list[dict[str, Any]]) -> KubeObject:
+        return parse_object(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "GRPCRoute",
+                "metadata": {"name": name, "namespace": "ns"},
+                # Its Gateway is another controller's now (or gone).
+                "spec": {"parentRefs": [{"name": "theirs"}]},
+                "status": {"parents": parents},
+            }
+        )
+
+    theirs = parent("theirs", controller="example.com/other")
+    moved = named("moved", [parent("gw"), theirs])
+    never = named("never", [theirs])
+    routes = {route.ref: route for route in (moved, never)}
+    planner = GatewayApiPlanner(
+        lookup=routes.get, controller=CONTROLLER, routes=lambda: routes.values()
+    )
+    planner.update(())
+    assert planner.refs() == [moved.ref]
+    assert planner.differs_in_store(moved.ref)
+    cleaned = planner.wanted(moved.ref, existing=gateway_api.plain(moved.body["status"]), now=NOW)
+    assert cleaned == {"parents": [theirs]}
+    # Written: it no longer carries one, so it is not found again.
+    planner.written(moved.ref)
+    routes[moved.ref] = named("moved", [theirs])
+    planner.update(())
+    assert planner.refs() == []
+    # Without `routes` (as before): nothing is found.
+    blind = GatewayApiPlanner(lookup=routes.get, controller=CONTROLLER)
+    routes[moved.ref] = moved
+    blind.update(())
+    assert blind.refs() == []

@@ -53,6 +53,8 @@ CONTROL_PLANE_RULES: tuple[Mapping[str, Any], ...] = (
         "verbs": ["list", "watch"],
     },
     {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["list", "watch"]},
+    # Namespace labels, for Gateway listeners' allowedRoutes selectors.
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     {
         "apiGroups": ["discovery.k8s.io"],
         "resources": ["endpointslices"],

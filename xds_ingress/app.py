@@ -30,11 +30,11 @@ from xds_ingress.sources.file import FileSource
 from xds_ingress.sources.kube_client import load_configuration
 from xds_ingress.sources.kube_watch import WatchObserver
 from xds_ingress.sources.kubernetes import KubernetesSource
-from xds_ingress.sources.objects import KubeObject
+from xds_ingress.sources.objects import GRPC_ROUTE, HTTP_ROUTE, KubeObject
 from xds_ingress.sources.source import Source
 from xds_ingress.status import StatusStage
 from xds_ingress.status.kube_writer import KubeStatusWriter, StatusSettings
-from xds_ingress.store import Store, StoreView
+from xds_ingress.store import Change, Store, StoreView
 from xds_ingress.translate import CertificateCache, translate
 from xds_ingress.translate.endpoint_refresh import StoreTranslator
 from xds_ingress.translate.settings import ListenerSettings
@@ -234,7 +234,34 @@ def _status_writer(settings: ServeSettings, *, store: Store) -> KubeStatusWriter
             identity=f"{socket.gethostname()}_{secrets.token_hex(4)}",
         ),
         lookup=lookup,
+        routes=ChangedRoutes(store),
     )
+
+
+class ChangedRoutes:
+    """Every GRPCRoute and HTTPRoute the store holds, or none if none changed since the last call.
+
+    The status writer looks through the routes after every build for status
+    entries an earlier run left; a build that changed no route (an
+    EndpointSlice, the common case) should not pay for sorting them all.
+    What it found before stays with it, so answering nothing loses nothing.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._changed = True
+        store.subscribe(self._noted)
+
+    def _noted(self, change: Change) -> None:
+        if not self._changed and not change.kinds.isdisjoint((GRPC_ROUTE, HTTP_ROUTE)):
+            self._changed = True
+
+    def __call__(self) -> tuple[KubeObject, ...]:
+        if not self._changed:
+            return ()
+        self._changed = False
+        view = self._store.view()
+        return (*view.objects(GRPC_ROUTE), *view.objects(HTTP_ROUTE))
 
 
 def _crash_loudly(task: asyncio.Task[None]) -> None:

@@ -6,6 +6,11 @@ consistent state and can never change the store. Updates that change
 nothing (an object equal to the stored one) are dropped here, before they
 cost a rebuild. Subscribers learn which kinds changed, so that an
 EndpointSlice-only change can take the fast path that skips route rebuilding.
+
+Of a Namespace only the name and labels are kept: they are all translation
+reads (Gateway listeners' allowedRoutes selectors), a cluster may have
+thousands, and a Namespace whose status or annotations change is then equal
+to the stored one, so it costs no rebuild.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from xds_ingress.sources.objects import (
     ENDPOINT_SLICE,
     GATEWAY,
     INGRESS,
+    NAMESPACE,
     SECRET,
     KubeObject,
     ObjectKey,
@@ -107,6 +113,11 @@ class StoreView:
         """The objects that name Secret `namespace/secret`."""
         return tuple(sorted(self._secret_users.get((namespace, secret), ())))
 
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        """The labels of Namespace `namespace`; empty if the source has not seen it."""
+        found = self._by_key.get(ObjectKey(NAMESPACE, "", namespace))
+        return found.labels if found is not None else {}
+
 
 class Store:
     """Implements sources.sink.ObjectSink. Call it from the event loop's thread only."""
@@ -173,6 +184,8 @@ class Store:
 
     def _put(self, obj: KubeObject, *, origin: str) -> bool:
         self._origins[obj.key] = origin
+        if obj.kind == NAMESPACE:
+            obj = _name_and_labels(obj)
         if obj.kind == SECRET and (obj.namespace, obj.name) not in self._secret_users:
             # Nothing names it: held out of sight, so its churn costs no
             # rebuild; it is shown the moment something references it.
@@ -267,6 +280,22 @@ def _discard(
         index[at] = remaining
     else:
         index.pop(at, None)
+
+
+def _name_and_labels(namespace: KubeObject) -> KubeObject:
+    """A Namespace reduced to what translation reads of it."""
+    return KubeObject(
+        api_version=namespace.api_version,
+        kind=namespace.kind,
+        namespace=namespace.namespace,
+        name=namespace.name,
+        body={
+            "apiVersion": namespace.api_version,
+            "kind": namespace.kind,
+            "metadata": {"name": namespace.name, "labels": dict(namespace.labels)},
+        },
+        source=namespace.source,
+    )
 
 
 def _slice_service(obj: KubeObject) -> NamespacedName | None:

@@ -161,5 +161,17 @@ GATEWAY_KINDS: tuple[WatchedKind, ...] = (
     REFERENCE_GRANT,
 )
 
+# Namespaces, for the labels a Gateway listener's allowedRoutes.namespaces
+# selector matches. Always watched, cluster-wide, even with --watch-namespace:
+# like IngressClass and GatewayClass they are cluster-scoped, so the
+# ClusterRole the install needs anyway grants them, and watching them only
+# once some Gateway asks for a selector would leave that Gateway's routes
+# unattached until a second list came in. The store keeps only each one's
+# name and labels (store.py), so a large cluster costs little memory and a
+# Namespace's status or annotations changing costs no rebuild.
+NAMESPACE = WatchedKind(
+    group="", version="v1", kind=objects.NAMESPACE, plural="namespaces", namespaced=False
+)
+
 # Everything the translation reads, as the Kubernetes source watches it.
-ALL_KINDS: tuple[WatchedKind, ...] = INGRESS_KINDS + GATEWAY_KINDS
+ALL_KINDS: tuple[WatchedKind, ...] = INGRESS_KINDS + GATEWAY_KINDS + (NAMESPACE,)

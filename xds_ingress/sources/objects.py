@@ -25,6 +25,7 @@ GATEWAY = "Gateway"
 GRPC_ROUTE = "GRPCRoute"
 HTTP_ROUTE = "HTTPRoute"
 REFERENCE_GRANT = "ReferenceGrant"
+NAMESPACE = "Namespace"
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 
@@ -48,6 +49,8 @@ SUPPORTED_KINDS: Mapping[tuple[str, str], KindInfo] = types.MappingProxyType(
             KindInfo(group="", kind=SERVICE, namespaced=True),
             KindInfo(group="discovery.k8s.io", kind=ENDPOINT_SLICE, namespaced=True),
             KindInfo(group="", kind=SECRET, namespaced=True),
+            # Only their labels are read: allowedRoutes.namespaces.selector.
+            KindInfo(group="", kind=NAMESPACE, namespaced=False),
             # Gateway API (v1; ReferenceGrant is still v1beta1 in most clusters).
             KindInfo(group=GATEWAY_GROUP, kind=GATEWAY_CLASS, namespaced=False),
             KindInfo(group=GATEWAY_GROUP, kind=GATEWAY, namespaced=True),

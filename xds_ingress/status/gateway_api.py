@@ -32,7 +32,13 @@ from xds_ingress.sources.objects import (
     KubeObject,
 )
 from xds_ingress.translate import fields
-from xds_ingress.translate.gateways import intersect_hostnames
+from xds_ingress.translate.gateways import (
+    NamespaceLabels,
+    RouteNamespaces,
+    intersect_hostnames,
+    no_labels,
+    route_namespaces,
+)
 
 ACCEPTED = "Accepted"
 PROGRAMMED = "Programmed"
@@ -234,7 +240,7 @@ class ListenerSpec:
     name: str
     port: int | None
     hostname: str | None
-    all_namespaces: bool
+    namespaces: RouteNamespaces
     kinds: tuple[str, ...]  # route kinds we support that it takes, in spec order
     invalid_kinds: tuple[str, ...]  # route kinds it names that we do not serve
 
@@ -271,7 +277,7 @@ def listener_specs(gateway: KubeObject) -> list[ListenerSpec]:
                 name=name,
                 port=fields.port_number(listener.get("port")),
                 hostname=hostname if isinstance(hostname, str) else None,
-                all_namespaces=fields.mapping(allowed.get("namespaces")).get("from") == "All",
+                namespaces=route_namespaces(allowed)[0],
                 kinds=kinds,
                 invalid_kinds=invalid,
             )
@@ -362,8 +368,12 @@ def attaches(
     gateway: KubeObject,
     route: KubeObject,
     parent: Mapping[str, Any],
+    labels: NamespaceLabels = no_labels,
 ) -> bool:
-    """Whether an accepted parentRef of `route` attaches it to `listener`."""
+    """Whether an accepted parentRef of `route` attaches it to `listener`.
+
+    `labels`: a namespace's labels, for a listener that selects namespaces.
+    """
     section = fields.text(parent.get("sectionName"))
     port = fields.port_number(parent.get("port"))
     if section is not None and section != listener.name:
@@ -372,7 +382,9 @@ def attaches(
         return False
     if route.kind not in listener.kinds:
         return False
-    if not listener.all_namespaces and route.namespace != gateway.namespace:
+    if not listener.namespaces.admits(
+        route.namespace, gateway_namespace=gateway.namespace, labels=labels
+    ):
         return False
     hostnames = [
         host
@@ -386,6 +398,8 @@ def attached_routes(
     gateway: KubeObject,
     listeners: Sequence[ListenerSpec],
     routes: Iterable[tuple[KubeObject, Sequence[ir.Condition]]],
+    *,
+    labels: NamespaceLabels = no_labels,
 ) -> dict[str, int]:
     """Listener name → how many routes are attached to it (accepted through a parentRef)."""
     attached: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
@@ -399,7 +413,7 @@ def attached_routes(
             if accepted.status is not ir.ConditionStatus.TRUE:
                 continue
             for listener in listeners:
-                if attaches(listener, gateway=gateway, route=route, parent=parent):
+                if attaches(listener, gateway=gateway, route=route, parent=parent, labels=labels):
                     attached[listener.name].add((route.kind, route.namespace, route.name))
     return {name: len(keys) for name, keys in attached.items()}
 

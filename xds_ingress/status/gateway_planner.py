@@ -12,25 +12,40 @@ controller").
 
 A route that stops being ours (its parentRef now names another
 controller's Gateway, or none) is remembered until its status has been
-cleaned once, so our stale parents entry does not stay behind.
+cleaned once, so our stale parents entry does not stay behind. What a
+previous run left (the route changed, or its Gateway went, while no replica
+was running) nobody remembers: given `routes`, every build also looks for
+routes whose status still carries an entry of ours but that translate
+said nothing about, and cleans those too. An entry of ours for a parentRef
+the route no longer has, on a route still ours, goes with the next write
+of its status (merged_route_status keeps only the entries we want).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from xds_ingress import ir
-from xds_ingress.sources.objects import GATEWAY, GATEWAY_CLASS, KubeObject
+from xds_ingress.sources.objects import GATEWAY, GATEWAY_CLASS, NAMESPACE, KubeObject
 from xds_ingress.status import gateway_api
 from xds_ingress.status.gateway_api import Lookup, Status
 from xds_ingress.status.rejections import REJECTED
+from xds_ingress.translate import fields
 
 
 class GatewayApiPlanner:
-    def __init__(self, *, lookup: Lookup, controller: str) -> None:
+    def __init__(
+        self,
+        *,
+        lookup: Lookup,
+        controller: str,
+        routes: Callable[[], Iterable[KubeObject]] | None = None,
+    ) -> None:
+        """`routes`: every GRPCRoute and HTTPRoute the source holds, for leftovers."""
         self.controller = controller
         self._lookup = lookup
+        self._routes = routes
         self._conditions: dict[ir.ObjectRef, tuple[ir.Condition, ...]] = {}
         self._leaving: set[ir.ObjectRef] = set()
 
@@ -41,8 +56,23 @@ class GatewayApiPlanner:
                 by_object[condition.object].append(condition)
         gone = self._conditions.keys() - by_object.keys()
         self._leaving |= {ref for ref in gone if ref.kind in gateway_api.ROUTE_KINDS}
+        self._leaving |= self._leftovers(by_object.keys())
         self._leaving -= by_object.keys()
         self._conditions = {ref: tuple(found) for ref, found in by_object.items()}
+
+    def _leftovers(self, known: Iterable[ir.ObjectRef]) -> set[ir.ObjectRef]:
+        """Routes translate said nothing about whose status has an entry of ours."""
+        if self._routes is None:
+            return set()
+        known = set(known)
+        return {
+            route.ref
+            for route in self._routes()
+            if route.ref not in known
+            and gateway_api.has_parents_of(
+                fields.mapping(route.body.get("status")), controller=self.controller
+            )
+        }
 
     def refs(self) -> list[ir.ObjectRef]:
         """Every object whose status may need writing: classes, then Gateways, then routes."""
@@ -135,6 +165,7 @@ class GatewayApiPlanner:
             gateway,
             [spec for spec, state in listeners if state.usable],
             routes,
+            labels=self._namespace_labels,
         )
         return gateway_api.merged_gateway_status(
             existing,
@@ -144,6 +175,10 @@ class GatewayApiPlanner:
             generation=gateway_api.generation(gateway),
             now=now,
         )
+
+    def _namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        found = self._lookup(ir.ObjectRef(kind=NAMESPACE, namespace="", name=namespace))
+        return found.labels if found is not None else {}
 
     def _route(
         self, route: KubeObject, *, existing: Mapping[str, object], now: str

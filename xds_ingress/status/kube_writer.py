@@ -31,7 +31,7 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -114,13 +114,21 @@ class KubeStatusWriter:
     """Implements status.StatusSink; `run` writes until cancelled."""
 
     def __init__(
-        self, *, configuration: Configuration, settings: StatusSettings, lookup: Lookup
+        self,
+        *,
+        configuration: Configuration,
+        settings: StatusSettings,
+        lookup: Lookup,
+        routes: Callable[[], Iterable[KubeObject]] | None = None,
     ) -> None:
+        """`routes`: every GRPCRoute and HTTPRoute held, to clean entries an earlier run left."""
         self.settings = settings
         self._configuration = copy.deepcopy(configuration)
         self._lookup = lookup
         self._pending: Pending[_Key] = Pending(capacity=settings.capacity)
-        self._gateway_api = GatewayApiPlanner(lookup=lookup, controller=settings.controller_name)
+        self._gateway_api = GatewayApiPlanner(
+            lookup=lookup, controller=settings.controller_name, routes=routes
+        )
         self._ingresses: frozenset[ir.ObjectRef] = frozenset()
         self._warnings: frozenset[ir.Condition] = frozenset()
         self._emitted: set[ir.Condition] = set()

@@ -13,12 +13,20 @@ What a listener contributes is its hostname and the routes it lets attach
 served under: its hostnames intersected with the listener's, as the Gateway
 API specifies. An HTTPS listener without a hostname serves the names its
 certificate holds (a client's SNI must name one of them anyway).
+
+allowedRoutes.namespaces `from: Selector` matches the labels of the route's
+Namespace (the store keeps them), plus the `kubernetes.io/metadata.name`
+label the API server puts on every Namespace, so a folder without Namespace
+objects can still select by name. A listener whose selector is missing or
+invalid takes no routes at all, and says why in its Accepted condition:
+Selector asked for "only these namespaces", and guessing which would be
+worse than serving none.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +36,7 @@ from xds_ingress.translate import fields
 from xds_ingress.translate.certificates import CertificateCache
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.gateway_tls import ListenerCertificate, listener_certificate
+from xds_ingress.translate.label_selector import LabelSelector, parse_selector
 from xds_ingress.translate.rules import CATCH_ALL_HOST
 from xds_ingress.translate.settings import ListenerSettings
 from xds_ingress.translate.tls_rules import TlsRequest
@@ -47,6 +56,63 @@ PROGRAMMED = "Programmed"
 NO_MATCHING_LISTENER_HOSTNAME = "NoMatchingListenerHostname"
 
 ListenerKey = tuple[str, str, str]  # Gateway namespace, Gateway name, listener name
+# A namespace's name → its labels (empty for one never seen).
+NamespaceLabels = Callable[[str], Mapping[str, str]]
+
+SAME = "Same"
+ALL = "All"
+SELECTOR = "Selector"
+# Set by the API server on every Namespace (Kubernetes 1.21+), immutable.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def no_labels(namespace: str) -> Mapping[str, str]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteNamespaces:
+    """A listener's allowedRoutes.namespaces: the namespaces whose routes it takes."""
+
+    source: str = SAME  # SAME, ALL or SELECTOR
+    selector: LabelSelector | None = None  # SELECTOR: None if missing or invalid
+
+    def admits(self, namespace: str, *, gateway_namespace: str, labels: NamespaceLabels) -> bool:
+        if self.source == ALL:
+            return True
+        if self.source == SELECTOR:
+            return self.selector is not None and self.selector.matches(
+                {**labels(namespace), NAMESPACE_NAME_LABEL: namespace}
+            )
+        return namespace == gateway_namespace
+
+
+def route_namespaces(allowed_routes: object) -> tuple[RouteNamespaces, str]:
+    """A listener's allowedRoutes.namespaces, and what is wrong with it ("" if nothing).
+
+    A `from` we do not know is taken as Same (the safe side); a Selector
+    without a usable selector admits no namespace.
+    """
+    namespaces = fields.mapping(fields.mapping(allowed_routes).get("namespaces"))
+    source = namespaces.get("from") or SAME
+    if source == SELECTOR:
+        raw = namespaces.get("selector")
+        if raw is None:
+            return RouteNamespaces(SELECTOR), (
+                "allowedRoutes.namespaces.selector is required with from 'Selector'"
+            )
+        selector = parse_selector(raw)
+        if isinstance(selector, Invalid):
+            return RouteNamespaces(SELECTOR), (
+                f"allowedRoutes.namespaces.selector is invalid: {selector.message}"
+            )
+        return RouteNamespaces(SELECTOR, selector), ""
+    if source not in (SAME, ALL):
+        return RouteNamespaces(SAME), (
+            f"allowedRoutes.namespaces.from {source!r} is not supported; "
+            "only routes in the Gateway's namespace attach"
+        )
+    return RouteNamespaces(source), ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,7 +120,7 @@ class GatewayListener:
     name: str
     port: int | None
     hostname: str | None  # None: any host
-    all_namespaces: bool  # allowedRoutes.namespaces.from All (else Same)
+    namespaces: RouteNamespaces
     kinds: frozenset[tuple[str, str]]  # (group, kind) of the routes it takes
     # Why routes cannot attach to it (a protocol we do not serve, no
     # servable certificate), or "".
@@ -63,12 +129,21 @@ class GatewayListener:
     tls: ListenerCertificate | None = None
     position: int = 0  # index in spec.listeners
 
-    def allows(self, *, gateway: KubeObject, route: KubeObject) -> bool:
-        return (
-            not self.unusable
-            and (self.all_namespaces or route.namespace == gateway.namespace)
-            and (GATEWAY_GROUP, route.kind) in self.kinds
-        )
+    def refusal(self, *, gateway: KubeObject, route: KubeObject, labels: NamespaceLabels) -> str:
+        """Why `route` cannot attach to this listener; "" if it can."""
+        if self.unusable:
+            return self.unusable
+        if (GATEWAY_GROUP, route.kind) not in self.kinds:
+            return f"its allowedRoutes.kinds does not include {route.kind}"
+        if self.namespaces.admits(
+            route.namespace, gateway_namespace=gateway.namespace, labels=labels
+        ):
+            return ""
+        if self.namespaces.source == SELECTOR:
+            return (
+                f"namespace {route.namespace} does not match its allowedRoutes.namespaces.selector"
+            )
+        return f"it takes routes from namespace {gateway.namespace} only"
 
     def served_hostnames(self) -> tuple[str | None, ...]:
         """The hostnames route hostnames are intersected with (None: any)."""
@@ -251,11 +326,17 @@ class Gateways:
         if not named:
             self._reject(route, NO_MATCHING_PARENT, f"{where}: no listener matches")
             return []
-        allowed = [listener for listener in named if listener.allows(gateway=gateway, route=route)]
+        refusals = [
+            listener.refusal(gateway=gateway, route=route, labels=self._view.namespace_labels)
+            for listener in named
+        ]
+        allowed = [
+            listener for listener, refusal in zip(named, refusals, strict=True) if not refusal
+        ]
         if not allowed:
             why = "; ".join(
-                f"listener {listener.name}: {listener.unusable or 'does not allow this route'}"
-                for listener in named
+                f"listener {listener.name}: {refusal}"
+                for listener, refusal in zip(named, refusals, strict=True)
             )
             self._reject(route, NOT_ALLOWED_BY_LISTENERS, f"{where}: {why}")
             return []
@@ -346,15 +427,11 @@ class Gateways:
                 problem("InvalidHostname", f"{where}: {message}")
                 hostname = None
         allowed = fields.mapping(listener.get("allowedRoutes"))
-        source = fields.mapping(allowed.get("namespaces")).get("from") or "Same"
-        if source not in ("Same", "All"):
-            # Selector needs Namespace objects, which no source reads yet:
-            # fall back to the safe side (this namespace only) and say so.
-            problem(
-                "UnsupportedValue",
-                f"{where}: allowedRoutes.namespaces.from {source!r} is not "
-                "supported; only routes in the Gateway's namespace attach",
-            )
+        namespaces, wrong = route_namespaces(allowed)
+        if wrong:
+            problem("UnsupportedValue", f"{where}: {wrong}")
+            if namespaces.source == SELECTOR:
+                unusable = unusable or "its allowedRoutes.namespaces.selector is unusable"
         kinds = _kinds(allowed.get("kinds"))
         unknown = sorted(kind for _, kind in kinds - _HTTP_ROUTE_KINDS)
         if unknown:
@@ -367,7 +444,7 @@ class Gateways:
             name=name,
             port=fields.port_number(listener.get("port")),
             hostname=hostname,
-            all_namespaces=source == "All",
+            namespaces=namespaces,
             kinds=kinds & _HTTP_ROUTE_KINDS,
             unusable=unusable,
             tls=tls,
