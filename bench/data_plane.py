@@ -316,18 +316,7 @@ class UnaryCase:
             errors[name] += result.errors
         for name, count in errors.items():
             sample[f"{name}_errors"] = count
-        for name in names:
-            if name == "direct":
-                continue
-            sample[f"{name}_vs_direct"] = sample[f"{name}_rps"] / sample["direct_rps"]
-            for load in ("100", "25"):
-                for pct in ("p50", "p99"):
-                    sample[f"{name}_added_{pct}_{load}_ms"] = (
-                        sample[f"{name}_{pct}_{load}_ms"] - sample[f"direct_{pct}_{load}_ms"]
-                    )
-        sample["xds_vs_static"] = sample["xds_rps"] / sample["static_rps"]
-        if "nginx_rps" in sample:
-            sample["xds_vs_nginx"] = sample["xds_rps"] / sample["nginx_rps"]
+        _add_comparisons(sample, names)
         return sample
 
     def _call(self, target: _Target, load: ghz.Load) -> ghz.GhzResult:
@@ -397,18 +386,7 @@ class H2loadCase(UnaryCase):
             sample[f"{name}_p50_25_ms"] = result.p50_ms
             sample[f"{name}_p99_25_ms"] = result.p99_ms
             sample[f"{name}_errors"] += result.failed
-        for name in names:
-            if name == "direct":
-                continue
-            sample[f"{name}_vs_direct"] = sample[f"{name}_rps"] / sample["direct_rps"]
-            for load in ("100", "25"):
-                for pct in ("p50", "p99"):
-                    sample[f"{name}_added_{pct}_{load}_ms"] = (
-                        sample[f"{name}_{pct}_{load}_ms"] - sample[f"direct_{pct}_{load}_ms"]
-                    )
-        sample["xds_vs_static"] = sample["xds_rps"] / sample["static_rps"]
-        if "nginx_rps" in sample:
-            sample["xds_vs_nginx"] = sample["xds_rps"] / sample["nginx_rps"]
+        _add_comparisons(sample, names)
         return sample
 
     def _load(
@@ -438,6 +416,22 @@ class H2loadCase(UnaryCase):
         # Let connections close and the proxy settle before the next target.
         time.sleep(0.5)
         return result
+
+
+def _add_comparisons(sample: dict[str, float], names: Sequence[str]) -> None:
+    """Each proxy against the backend directly and xds-ingress against the others."""
+    for name in names:
+        if name == "direct":
+            continue
+        sample[f"{name}_vs_direct"] = sample[f"{name}_rps"] / sample["direct_rps"]
+        for load in ("100", "25"):
+            for pct in ("p50", "p99"):
+                sample[f"{name}_added_{pct}_{load}_ms"] = (
+                    sample[f"{name}_{pct}_{load}_ms"] - sample[f"direct_{pct}_{load}_ms"]
+                )
+    sample["xds_vs_static"] = sample["xds_rps"] / sample["static_rps"]
+    if "nginx_rps" in sample:
+        sample["xds_vs_nginx"] = sample["xds_rps"] / sample["nginx_rps"]
 
 
 def _cpu_seconds(child: Child | None) -> float:

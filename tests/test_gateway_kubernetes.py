@@ -101,18 +101,27 @@ class GatewayObjects:
         )
         self._classes.append(self.class_name)
 
-    def gateway(self, name: str = "gw", *, hostname: str = "*.example.com") -> None:
+    def gateway(
+        self,
+        name: str = "gw",
+        *,
+        hostname: str | None = "*.example.com",
+        namespace_selector: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One HTTP listener; with `namespace_selector`, allowedRoutes from: Selector."""
+        listener: dict[str, Any] = {"name": "http", "port": 80, "protocol": "HTTP"}
+        if hostname is not None:
+            listener["hostname"] = hostname
+        if namespace_selector is not None:
+            listener["allowedRoutes"] = {
+                "namespaces": {"from": "Selector", "selector": dict(namespace_selector)}
+            }
         self.create(
             "gateways",
             {
                 "kind": "Gateway",
                 "metadata": {"name": name},
-                "spec": {
-                    "gatewayClassName": self.class_name,
-                    "listeners": [
-                        {"name": "http", "port": 80, "protocol": "HTTP", "hostname": hostname}
-                    ],
-                },
+                "spec": {"gatewayClassName": self.class_name, "listeners": [listener]},
             },
         )
 
@@ -576,29 +585,7 @@ async def test_a_listener_selecting_namespaces_by_label_follows_relabelling(
     backends_for(there, {"greeter-a": a.port})
     team = GatewayObjects(cluster=objects.cluster, namespace=elsewhere)
     gateway_objects.gateway_class()
-    gateway_objects.create(
-        "gateways",
-        {
-            "kind": "Gateway",
-            "metadata": {"name": "gw"},
-            "spec": {
-                "gatewayClassName": gateway_objects.class_name,
-                "listeners": [
-                    {
-                        "name": "http",
-                        "port": 80,
-                        "protocol": "HTTP",
-                        "allowedRoutes": {
-                            "namespaces": {
-                                "from": "Selector",
-                                "selector": {"matchLabels": {label: shared}},
-                            }
-                        },
-                    }
-                ],
-            },
-        },
-    )
+    gateway_objects.gateway(hostname=None, namespace_selector={"matchLabels": {label: shared}})
     team.create(
         "grpcroutes",
         {
@@ -677,31 +664,10 @@ async def test_with_watch_namespace_a_selector_still_reads_the_namespace_labels(
     shared = f"shared-{secrets.token_hex(4)}"
     objects.core.patch_namespace(objects.namespace, {"metadata": {"labels": {label: shared}}})
     gateway_objects.gateway_class()
-    gateway_objects.create(
-        "gateways",
-        {
-            "kind": "Gateway",
-            "metadata": {"name": "gw"},
-            "spec": {
-                "gatewayClassName": gateway_objects.class_name,
-                "listeners": [
-                    {
-                        "name": "http",
-                        "port": 80,
-                        "protocol": "HTTP",
-                        "allowedRoutes": {
-                            "namespaces": {
-                                "from": "Selector",
-                                "selector": {
-                                    "matchExpressions": [
-                                        {"key": label, "operator": "In", "values": [shared]}
-                                    ]
-                                },
-                            }
-                        },
-                    }
-                ],
-            },
+    gateway_objects.gateway(
+        hostname=None,
+        namespace_selector={
+            "matchExpressions": [{"key": label, "operator": "In", "values": [shared]}]
         },
     )
     gateway_objects.grpc_route(
@@ -725,24 +691,7 @@ async def test_an_invalid_namespace_selector_is_reported_on_the_listener(
     backends_for(objects, {"greeter-a": a.port})
     gateway_objects.gateway_class()
     selector = {"matchExpressions": [{"key": "team", "operator": "Equals", "values": ["a"]}]}
-    gateway_objects.create(
-        "gateways",
-        {
-            "kind": "Gateway",
-            "metadata": {"name": "gw"},
-            "spec": {
-                "gatewayClassName": gateway_objects.class_name,
-                "listeners": [
-                    {
-                        "name": "http",
-                        "port": 80,
-                        "protocol": "HTTP",
-                        "allowedRoutes": {"namespaces": {"from": "Selector", "selector": selector}},
-                    }
-                ],
-            },
-        },
-    )
+    gateway_objects.gateway(hostname=None, namespace_selector=selector)
     gateway_objects.grpc_route(
         "greeter", host="grpc.example.com", rules=[rule(backend="greeter-a")]
     )
