@@ -6,6 +6,14 @@ is a hash of those bytes; a type's version and the snapshot's version hash
 the resource versions. So a rebuild that changes nothing produces the same
 versions, and the server sends nothing.
 
+A push must cost in proportion to what it changes, not to what the snapshot
+holds (an EndpointSlice change at 10k Services touches one of 10k
+ClusterLoadAssignments). So a type's version is a sum of per-resource
+hashes, which a successor updates for its changed names only, and a
+TypeSnapshot derived from an earlier one remembers which names differ from
+its recent ancestors: a stream that holds an ancestor compares those names,
+not all of them.
+
 The server reads snapshots through `SnapshotWatcher` (a narrow seam, like
 go-control-plane's ConfigWatcher): the current snapshot of a group, and a
 callback when it changes. Nothing here knows about gRPC.
@@ -83,6 +91,25 @@ _DELTA_RESOURCE_BODY = 2  # Resource.resource
 _DELTA_RESOURCE_NAME = 3  # Resource.name
 
 
+# A type's version is the sum of its resources' entries modulo this: an
+# order-free hash that a successor updates in O(changed names). 80 bits, as
+# many as the resource versions have.
+_ENTRY_BITS = 80
+_ENTRY_MODULUS = 1 << _ENTRY_BITS
+
+# How many ancestors a TypeSnapshot remembers its differences from: a stream
+# a few publishes behind (it was busy sending) still compares only names.
+_HISTORY_KEPT = 8
+
+
+def _entry(name: str, version: str) -> int:
+    digest = hashlib.blake2b(digest_size=_ENTRY_BITS // 8)
+    digest.update(name.encode())
+    digest.update(b"\0")
+    digest.update(version.encode())
+    return int.from_bytes(digest.digest(), "big")
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
     """One Envoy resource, serialised once."""
@@ -92,19 +119,36 @@ class Resource:
     version: str
     any_bytes: bytes = field(repr=False)
     message: Message = field(repr=False, compare=False)
+    # This resource's share of its type's version (see TypeSnapshot.version).
+    entry: int = field(init=False, repr=False, compare=False)
+    # The encoded pieces, made on first use and then shared by every stream
+    # that sends this resource (a resource is sent to every Envoy).
+    _sotw_piece: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _delta_piece: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entry", _entry(self.name, self.version))
 
     @property
     def sotw_piece(self) -> bytes:
-        return length_delimited(_RESPONSE_RESOURCES, self.any_bytes)
+        piece = self._sotw_piece
+        if piece is None:
+            piece = length_delimited(_RESPONSE_RESOURCES, self.any_bytes)
+            object.__setattr__(self, "_sotw_piece", piece)
+        return piece
 
     @property
     def delta_piece(self) -> bytes:
-        body = (
-            length_delimited(_DELTA_RESOURCE_VERSION, self.version.encode())
-            + length_delimited(_DELTA_RESOURCE_BODY, self.any_bytes)
-            + length_delimited(_DELTA_RESOURCE_NAME, self.name.encode())
-        )
-        return length_delimited(_RESPONSE_RESOURCES, body)
+        piece = self._delta_piece
+        if piece is None:
+            body = (
+                length_delimited(_DELTA_RESOURCE_VERSION, self.version.encode())
+                + length_delimited(_DELTA_RESOURCE_BODY, self.any_bytes)
+                + length_delimited(_DELTA_RESOURCE_NAME, self.name.encode())
+            )
+            piece = length_delimited(_RESPONSE_RESOURCES, body)
+            object.__setattr__(self, "_delta_piece", piece)
+        return piece
 
     def to_any(self) -> any_pb2.Any:
         return any_pb2.Any.FromString(self.any_bytes)
@@ -118,17 +162,86 @@ def make_resource(name: str, type_url: str, message: Message) -> Resource:
     )
 
 
+Ancestry = tuple[tuple[str, frozenset[str]], ...]
+
+
 @dataclass(frozen=True)
 class TypeSnapshot:
     """All resources of one type in a snapshot, with the type's version."""
 
     type_url: str
     resources: Mapping[str, Resource]
+    # (an ancestor's version, the names added, changed or removed since it),
+    # newest ancestor first; empty when not derived (see `derive`).
+    ancestry: Ancestry = field(default=(), repr=False, compare=False)
+    # The sum of the entries, when the deriving ancestor worked it out.
+    entry_sum: int | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def _sum(self) -> int:
+        if self.entry_sum is not None:
+            return self.entry_sum
+        return sum(resource.entry for resource in self.resources.values()) % _ENTRY_MODULUS
+
+    @cached_property
+    def versions(self) -> dict[str, str]:
+        """Name -> version; built once and shared by every reader: do not change it."""
+        return {name: resource.version for name, resource in self.resources.items()}
 
     @cached_property
     def version(self) -> str:
-        return _hash(
-            f"{name}={self.resources[name].version}".encode() for name in sorted(self.resources)
+        """A content hash of the names and versions, whatever their order."""
+        return f"{self._sum:0{_ENTRY_BITS // 4}x}"
+
+    def changed_since(self, version: str) -> frozenset[str] | None:
+        """Names that may differ from the TypeSnapshot of `version`; None: unknown.
+
+        Known for this version and a few ancestors it was derived from.
+        """
+        if version == self.version:
+            return frozenset()
+        for ancestor, names in self.ancestry:
+            if ancestor == version:
+                return names
+        return None
+
+    def derive(self, resources: Mapping[str, Resource], changed: Iterable[str]) -> TypeSnapshot:
+        """A successor holding `resources`, which differ from ours at most in `changed`.
+
+        Costs O(changed): the version is updated from ours, not recomputed.
+        """
+        names = frozenset(
+            name
+            for name in changed
+            if (
+                (old := self.resources.get(name)) is None
+                or (new := resources.get(name)) is None
+                or old.version != new.version
+            )
+            and (name in self.resources or name in resources)
+        )
+        total = self._sum
+        for name in names:
+            if (old := self.resources.get(name)) is not None:
+                total -= old.entry
+            if (new := resources.get(name)) is not None:
+                total += new.entry
+        # Unions over long histories would cost more than the full
+        # comparison they save: keep only the small ones.
+        limit = len(resources) // 4 + 16
+        ancestry: Ancestry = (
+            (self.version, names),
+            *(
+                (ancestor, merged)
+                for ancestor, earlier in self.ancestry[: _HISTORY_KEPT - 1]
+                if len(merged := earlier | names) <= limit
+            ),
+        )
+        return TypeSnapshot(
+            type_url=self.type_url,
+            resources=resources,
+            ancestry=ancestry,
+            entry_sum=total % _ENTRY_MODULUS,
         )
 
     @cached_property
@@ -156,20 +269,45 @@ class Snapshot:
         return found if found is not None else TypeSnapshot(type_url=type_url, resources={})
 
 
-def build_snapshot(resources: Mapping[str, Mapping[str, Message]]) -> Snapshot:
-    """Serialise and version a `{type_url: {name: message}}` set."""
-    return Snapshot(
-        types={
-            type_url: TypeSnapshot(
+def build_snapshot(
+    resources: Mapping[str, Mapping[str, Message]], *, previous: Snapshot | None = None
+) -> Snapshot:
+    """Serialise and version a `{type_url: {name: message}}` set.
+
+    With `previous`, a message that is the very object `previous` serialised
+    (the resource builder memoises unchanged ones) keeps its Resource, bytes
+    and version, and each type is derived from its predecessor, so streams
+    compare only what changed.
+    """
+    types_: dict[str, TypeSnapshot] = {}
+    for type_url, by_name in resources.items():
+        before = previous.types.get(type_url) if previous is not None else None
+        if before is None:
+            types_[type_url] = TypeSnapshot(
                 type_url=type_url,
                 resources={
                     name: make_resource(name, type_url, message)
                     for name, message in by_name.items()
                 },
             )
-            for type_url, by_name in resources.items()
-        }
-    )
+            continue
+        old = before.resources
+        built: dict[str, Resource] = {}
+        changed: list[str] = []
+        for name, message in by_name.items():
+            found = old.get(name)
+            if found is None or found.message is not message:
+                found = make_resource(name, type_url, message)
+                changed.append(name)
+            built[name] = found
+        changed += [name for name in old if name not in built]
+        if not changed and len(built) == len(old):
+            # Nothing new: the predecessor, with the response it may have
+            # serialised already.
+            types_[type_url] = before
+        else:
+            types_[type_url] = before.derive(built, changed)
+    return Snapshot(types=types_)
 
 
 def snapshot_from_resources(resources: Mapping[str, Mapping[str, Resource]]) -> Snapshot:
@@ -321,15 +459,22 @@ def diff(old: Snapshot | None, new: Snapshot) -> list[TypeDiff]:
     found: list[TypeDiff] = []
     old_types = old.types if old is not None else {}
     for type_url in sorted(set(old_types) | set(new.types)):
-        before = old_types[type_url].resources if type_url in old_types else {}
-        after = new.of_type(type_url).resources
-        added = tuple(sorted(set(after) - set(before)))
-        removed = tuple(sorted(set(before) - set(after)))
+        before_type = old_types.get(type_url)
+        after_type = new.of_type(type_url)
+        if before_type is after_type:
+            continue
+        before = before_type.resources if before_type is not None else {}
+        after = after_type.resources
+        # A type derived from the old one names its differences: compare only those.
+        names = after_type.changed_since(before_type.version) if before_type is not None else None
+        candidates = set(before) | set(after) if names is None else names
+        added = tuple(sorted(name for name in candidates if name in after and name not in before))
+        removed = tuple(sorted(name for name in candidates if name in before and name not in after))
         changed = tuple(
             sorted(
                 name
-                for name in set(before) & set(after)
-                if before[name].version != after[name].version
+                for name in candidates
+                if name in before and name in after and before[name].version != after[name].version
             )
         )
         if added or changed or removed:
@@ -348,6 +493,10 @@ class SnapshotCache:
     def current(self, group: str) -> Snapshot | None:
         found = self._snapshots.get(group)
         return found if found is not None else self._snapshots.get(DEFAULT_GROUP)
+
+    def published(self, group: str) -> Snapshot | None:
+        """The snapshot set for `group` itself (no fallback to the default group)."""
+        return self._snapshots.get(group)
 
     def groups(self) -> list[str]:
         return sorted(self._snapshots)

@@ -14,6 +14,7 @@ and patches the current snapshot's EDS, after a much shorter holdoff.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
@@ -25,7 +26,6 @@ from xds_ingress.cache import (
     InconsistentSnapshotError,
     Snapshot,
     SnapshotCache,
-    TypeSnapshot,
     build_snapshot,
     make_resource,
 )
@@ -70,8 +70,12 @@ class Pipeline:
         observe_build: Callable[[float], None] | None = None,
         observe_translation: Callable[[ir.Translation], None] | None = None,
         refresh_endpoints: Callable[[frozenset[ObjectKey]], EndpointRefresh | None] | None = None,
+        freeze_heap: bool = True,
     ) -> None:
         self._translate = translate
+        # gc.freeze() after the first build (see run); process-wide, so a
+        # caller that owns the process may turn it off.
+        self._freeze_heap = freeze_heap
         # The EndpointSlice fast path (None: every change translates in full).
         self._refresh_endpoints = refresh_endpoints
         self._cache = cache
@@ -127,6 +131,14 @@ class Pipeline:
         self._take_pending()
         self.rebuild()
         self._built_at = time.monotonic()
+        if self._freeze_heap:
+            # What the first build leaves (the store, the IR, the snapshot)
+            # lives as long as the process, and at 10k Services a full
+            # collection walking it stalls the event loop, and every push,
+            # for 0.2-0.4 s (measured). Frozen, the collector only walks
+            # what was made since; frozen objects that die are still freed
+            # by reference counting (they make no cycles).
+            gc.freeze()
         while True:
             await self._changed.wait()
             await self._hold_off()
@@ -171,7 +183,12 @@ class Pipeline:
         try:
             translation = self._translate()
             self._log_new_conditions(translation.conditions)
-            snapshot = build_snapshot(self._builder.build(translation.config))
+            # The published snapshot lends its serialised resources to the
+            # next: only what the builder made anew is serialised and compared.
+            snapshot = build_snapshot(
+                self._builder.build(translation.config),
+                previous=self._cache.published(self._group),
+            )
             published = self._cache.set_snapshot(
                 self._group, snapshot, changed_at=self._batch_changed_at
             )
@@ -190,7 +207,7 @@ class Pipeline:
             return
         if self._observe_build is not None:
             self._observe_build(time.perf_counter() - started)
-        self._observe(translation)
+        self._observe_soon(translation)
         if published:
             self.first_published.set()
             self.report.published += 1
@@ -229,9 +246,10 @@ class Pipeline:
             return False
         if self._observe_build is not None:
             self._observe_build(time.perf_counter() - started)
-        if refresh.translation.conditions != self.report.conditions:
+        conditions = refresh.translation.conditions
+        if conditions is not self.report.conditions and conditions != self.report.conditions:
             self._log_new_conditions(refresh.translation.conditions)
-            self._observe(refresh.translation)
+            self._observe_soon(refresh.translation)
         if published:
             self.report.published += 1
             self.report.last_version = snapshot.version
@@ -242,6 +260,19 @@ class Pipeline:
                 (time.perf_counter() - started) * 1000,
             )
         return True
+
+    def _observe_soon(self, translation: ir.Translation) -> None:
+        """Tell the status stage, after the streams the publish woke have run.
+
+        The status stage walks every object when the config changed; run
+        inline it would hold every Envoy's push behind it.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._observe(translation)
+            return
+        loop.call_soon(self._observe, translation)
 
     def _observe(self, translation: ir.Translation) -> None:
         if self._observe_translation is not None:
@@ -275,16 +306,14 @@ def _with_load_assignments(snapshot: Snapshot, backends: tuple[ir.Backend, ...])
     """
     if not backends:
         return snapshot
-    endpoints = dict(snapshot.of_type(types.ENDPOINT).resources)
+    before = snapshot.of_type(types.ENDPOINT)
+    endpoints = dict(before.resources)
     for backend in backends:
         if backend.name not in endpoints:
             raise KeyError(f"cluster {backend.name!r} is not in the published snapshot")
         endpoints[backend.name] = make_resource(
             backend.name, types.ENDPOINT, build_load_assignment(backend)
         )
-    return Snapshot(
-        types={
-            **snapshot.types,
-            types.ENDPOINT: TypeSnapshot(type_url=types.ENDPOINT, resources=endpoints),
-        }
-    )
+    # Derived, so its version and every stream's comparison cost O(backends).
+    after = before.derive(endpoints, (backend.name for backend in backends))
+    return Snapshot(types={**snapshot.types, types.ENDPOINT: after})

@@ -44,6 +44,14 @@ class _TypeState:
     nonce: str = ""
     # Resources in flight per nonce, so an ACK can be recorded per resource.
     in_flight: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The version of the TypeSnapshot whose in-scope resources `known`
+    # mirrors, but for the `dirty` names (None: not known to mirror one). A
+    # later snapshot derived from it names what differs, so a push compares
+    # those names and the dirty ones only, not every resource of the type.
+    synced: str | None = None
+    # Names whose entry in `known` was dropped or whose scope changed since
+    # `synced` was set (a resubscription, a re-created cluster's assignment).
+    dirty: set[str] = field(default_factory=set)
 
 
 class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
@@ -74,6 +82,7 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
         for name in request.resource_names_subscribe:
             if name == "*":
                 state.wildcard = True
+                state.synced = None
                 continue
             state.names.add(name)
             if not first:
@@ -81,15 +90,33 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
                 # update and warming again) must be answered even when the
                 # resource did not change.
                 state.known.pop(name, None)
+            state.dirty.add(name)
         for name in request.resource_names_unsubscribe:
             if name == "*":
                 state.wildcard = False
+                state.synced = None
                 continue
             state.names.discard(name)
             state.known.pop(name, None)
-        status = self._status.of_type(type_url)
-        status.wildcard = state.wildcard
-        status.subscribed = set(state.names)
+            # Still in scope under a wildcard: then it must be sent again.
+            state.dirty.add(name)
+        if first:
+            state.synced = None
+        if first or request.resource_names_subscribe or request.resource_names_unsubscribe:
+            # Copied only when it changes: an ACK of 10k endpoints names none.
+            status = self._status.of_type(type_url)
+            status.names_generation += 1
+            status.wildcard = state.wildcard
+            status.subscribed = set(state.names)
+
+    def _plain_ack(self, request: DeltaDiscoveryRequest) -> bool:
+        if not request.response_nonce or request.HasField("error_detail"):
+            return False
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            return False
+        type_url = self._peek_type(request.type_url)
+        state = self._types.get(type_url) if type_url is not None else None
+        return state is not None and state.seen and self._group is not None
 
     def _on_ack_or_nack(
         self, type_url: str, state: _TypeState, request: DeltaDiscoveryRequest
@@ -111,11 +138,16 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
                 resources=sent,
             )
             return
+        acked = status.acked_resources
+        names_changed = False
         for name, version in sent.items():
             if version:
-                status.acked_resources[name] = version
-            else:
-                status.acked_resources.pop(name, None)
+                names_changed = names_changed or name not in acked
+                acked[name] = version
+            elif acked.pop(name, None) is not None:
+                names_changed = True
+        if names_changed:
+            status.names_generation += 1
         if request.response_nonce == state.nonce:
             status.acked_version = status.sent_version
         self._answered(type_url, request.response_nonce, acked=True)
@@ -134,6 +166,75 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
         self, type_url: str, state: _TypeState, snapshot: Snapshot, linger: frozenset[str]
     ) -> bytes | None:
         resources: TypeSnapshot = snapshot.of_type(type_url)
+        names = resources.changed_since(state.synced) if state.synced is not None else None
+        if names is None:
+            changed, removed, synced = self._compare_all(state, resources, linger)
+        else:
+            if state.dirty:
+                names = names | state.dirty
+            changed, removed, synced = self._compare_names(state, resources, names, linger)
+        state.dirty.clear()
+        if not changed and not removed and (state.answered or not state.wildcard):
+            # Nothing new. But a wildcard subscription is always answered
+            # once: Envoy's cluster manager waits for its first CDS reply
+            # before it opens any listener, even when there are no clusters.
+            state.synced = resources.version if synced else None
+            return None
+        state.answered = True
+        for resource in changed:
+            state.known[resource.name] = resource.version
+        for name in removed:
+            del state.known[name]
+        state.synced = resources.version if synced else None
+        state.nonce = self._next_nonce()
+        sent = {resource.name: resource.version for resource in changed}
+        sent.update({name: "" for name in removed})
+        state.in_flight[state.nonce] = sent
+        # Envoy answers every response, but bound the bookkeeping anyway.
+        while len(state.in_flight) > 64:
+            state.in_flight.pop(next(iter(state.in_flight)))
+        status = self._status.of_type(type_url)
+        status.sent_version = resources.version
+        status.sent_nonce = state.nonce
+        sent_resources = status.sent_resources
+        names_changed = False
+        for name, version in sent.items():
+            if version:
+                names_changed = names_changed or name not in sent_resources
+                sent_resources[name] = version
+            elif sent_resources.pop(name, None) is not None:
+                names_changed = True
+        if names_changed:
+            status.names_generation += 1
+        self._context.metrics.pushed(type_url, StreamKind.DELTA)
+        if type_url == types.CLUSTER and types.ENDPOINT in self._types:
+            # A changed cluster is re-created and warms until it gets its
+            # ClusterLoadAssignment again, even if that did not change.
+            endpoints = self._types[types.ENDPOINT]
+            for resource in changed:
+                endpoints.known.pop(resource.name, None)
+                endpoints.dirty.add(resource.name)
+        log.debug(
+            "sent %s: %d changed, %d removed, nonce %s",
+            type_url,
+            len(changed),
+            len(removed),
+            state.nonce,
+        )
+        tail = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=resources.version,
+            type_url=type_url,
+            removed_resources=removed,
+            nonce=state.nonce,
+            control_plane=self._control_plane,
+        ).SerializeToString()
+        return b"".join(resource.delta_piece for resource in changed) + bytes(tail)
+
+    @staticmethod
+    def _compare_all(
+        state: _TypeState, resources: TypeSnapshot, linger: frozenset[str]
+    ) -> tuple[list[Resource], list[str], bool]:
+        """(changed, removed, whether `known` then mirrors the scope) over every resource."""
         in_scope = (
             resources.resources
             if state.wildcard
@@ -156,50 +257,34 @@ class DeltaStream(XdsStream[DeltaDiscoveryRequest]):
             # Removed only once no route the Envoy holds can name it.
             and name not in linger
         )
-        if not changed and not removed and (state.answered or not state.wildcard):
-            # Nothing new. But a wildcard subscription is always answered
-            # once: Envoy's cluster manager waits for its first CDS reply
-            # before it opens any listener, even when there are no clusters.
-            return None
-        state.answered = True
-        for resource in changed:
-            state.known[resource.name] = resource.version
-        for name in removed:
-            del state.known[name]
-        state.nonce = self._next_nonce()
-        sent = {resource.name: resource.version for resource in changed}
-        sent.update({name: "" for name in removed})
-        state.in_flight[state.nonce] = sent
-        # Envoy answers every response, but bound the bookkeeping anyway.
-        while len(state.in_flight) > 64:
-            state.in_flight.pop(next(iter(state.in_flight)))
-        status = self._status.of_type(type_url)
-        status.sent_version = resources.version
-        status.sent_nonce = state.nonce
-        for name, version in sent.items():
-            if version:
-                status.sent_resources[name] = version
-            else:
-                status.sent_resources.pop(name, None)
-        self._context.metrics.pushed(type_url, StreamKind.DELTA)
-        if type_url == types.CLUSTER and types.ENDPOINT in self._types:
-            # A changed cluster is re-created and warms until it gets its
-            # ClusterLoadAssignment again, even if that did not change.
-            endpoints = self._types[types.ENDPOINT]
-            for resource in changed:
-                endpoints.known.pop(resource.name, None)
-        log.debug(
-            "sent %s: %d changed, %d removed, nonce %s",
-            type_url,
-            len(changed),
-            len(removed),
-            state.nonce,
-        )
-        tail = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=resources.version,
-            type_url=type_url,
-            removed_resources=removed,
-            nonce=state.nonce,
-            control_plane=self._control_plane,
-        ).SerializeToString()
-        return b"".join(resource.delta_piece for resource in changed) + bytes(tail)
+        # Once sent, every in-scope name is known at its version; with as
+        # many names known, nothing else is.
+        known_after = len(state.known) + sum(1 for r in changed if r.name not in state.known)
+        return changed, removed, known_after - len(removed) == len(in_scope)
+
+    @staticmethod
+    def _compare_names(
+        state: _TypeState,
+        resources: TypeSnapshot,
+        names: frozenset[str],
+        linger: frozenset[str],
+    ) -> tuple[list[Resource], list[str], bool]:
+        """`_compare_all` when `known` mirrors an ancestor that differs only in `names`."""
+        changed: list[Resource] = []
+        removed: list[str] = []
+        synced = True
+        for name in sorted(names):
+            if not (state.wildcard or name in state.names):
+                continue
+            resource = resources.resources.get(name)
+            if resource is not None:
+                if state.known.get(name) != resource.version:
+                    changed.append(resource)
+            elif name in state.known:
+                if name in linger:
+                    # Kept for the routes that may name it: known now holds
+                    # more than the scope.
+                    synced = False
+                else:
+                    removed.append(name)
+        return changed, removed, synced

@@ -39,7 +39,17 @@ class StreamEvents(Generic[Request]):
 
     def wake(self) -> None:
         """Called by the cache; safe from any thread."""
-        self._loop.call_soon_threadsafe(self._enqueue_wake)
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            # The pipeline publishes on the loop: queue the stream at once,
+            # ahead of whatever the publisher schedules after the publish
+            # (and without a wake-up write to the loop's self-pipe per stream).
+            self._enqueue_wake()
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue_wake)
 
     def _enqueue_wake(self) -> None:
         if not self._wake_pending:

@@ -9,6 +9,7 @@ shape, so the server imports nothing of the sources).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -48,6 +49,8 @@ class XdsMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        # (metric, type URL, stream kind) -> the labelled child.
+        self._children: dict[tuple[Any, str, str], Any] = {}
         self.streams = Gauge(
             "xds_ingress_streams",
             "Connected xDS streams",
@@ -132,11 +135,19 @@ class XdsMetrics:
         for type_url, of_type in snapshot.types.items():
             self.resources.labels(group, _short_type(type_url)).set(len(of_type.resources))
 
+    def _by_type(self, metric: Any, type_url: str, kind: str) -> Any:
+        """`metric.labels(type, kind)`, looked up once: streams call this per message."""
+        key = (metric, type_url, kind)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(_short_type(type_url), kind)
+        return child
+
     def pushed(self, type_url: str, kind: str) -> None:
-        self.pushes.labels(_short_type(type_url), kind).inc()
+        self._by_type(self.pushes, type_url, kind).inc()
 
     def acked(self, type_url: str, kind: str) -> None:
-        self.acks.labels(_short_type(type_url), kind).inc()
+        self._by_type(self.acks, type_url, kind).inc()
 
     def type_opened(self, type_url: str, kind: str) -> None:
         self.type_streams.labels(_short_type(type_url), kind).inc()
@@ -145,10 +156,10 @@ class XdsMetrics:
         self.type_streams.labels(_short_type(type_url), kind).dec()
 
     def observe_change_to_sent(self, type_url: str, kind: str, seconds: float) -> None:
-        self.change_to_sent.labels(_short_type(type_url), kind).observe(seconds)
+        self._by_type(self.change_to_sent, type_url, kind).observe(seconds)
 
     def observe_sent_to_ack(self, type_url: str, kind: str, seconds: float) -> None:
-        self.sent_to_ack.labels(_short_type(type_url), kind).observe(seconds)
+        self._by_type(self.sent_to_ack, type_url, kind).observe(seconds)
 
     @property
     def kube_watch(self) -> KubeWatchMetrics:

@@ -52,6 +52,10 @@ class TypeStatus:
     wildcard: bool = False
     # State of the world: names kept on the version last accepted after a NACK.
     held_back: frozenset[str] = frozenset()
+    # Bumped whenever the names sent, acked or subscribed to (or the
+    # wildcard) may have changed, so per-push bookkeeping over those names
+    # (the warming gate) can tell it has nothing new to look at.
+    names_generation: int = 0
 
 
 @dataclass

@@ -108,6 +108,11 @@ class _TypeState:
     # Names the last response carried at an older version than the snapshot's.
     sent_held: frozenset[str] = frozenset()
     holds: dict[str, _Hold] = field(default_factory=dict)
+    # The version of the TypeSnapshot the last response's selection (by
+    # name, nothing held back or lingering) was made from: a later one that
+    # changed none of `names` (see TypeSnapshot.changed_since) would select
+    # the same again, so the pass is over without copying every name.
+    selected_from: str | None = None
 
 
 class SotwStream(XdsStream[DiscoveryRequest]):
@@ -158,7 +163,11 @@ class SotwStream(XdsStream[DiscoveryRequest]):
             else:
                 state.acked = state.sent
                 status.acked_version = request.version_info
-                status.acked_resources = {n: r.version for n, r in state.sent.items()}
+                # What the answered (latest) response carried, as recorded
+                # when it was sent; neither mapping is changed in place.
+                if status.acked_resources is not status.sent_resources:
+                    status.acked_resources = status.sent_resources
+                    status.names_generation += 1
                 self._answered(type_url, request.response_nonce, acked=True)
                 self._record_ack(
                     type_url=type_url,
@@ -170,11 +179,29 @@ class SotwStream(XdsStream[DiscoveryRequest]):
             # even when Envoy says it already has our version (reconnect).
             state.resend = True
         names = frozenset(request.resource_names)
-        state.wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
-        state.names = names - {"*"}
+        wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
+        names = names - {"*"}
         state.requested = True
+        if wildcard == state.wildcard and names == state.names:
+            # Most requests are ACKs naming what they named before.
+            return
+        state.wildcard = wildcard
+        state.names = names
+        state.selected_from = None
         status.wildcard = state.wildcard
         status.subscribed = set(state.names)
+        status.names_generation += 1
+
+    def _plain_ack(self, request: DiscoveryRequest) -> bool:
+        if not request.response_nonce or request.HasField("error_detail"):
+            return False
+        type_url = self._peek_type(request.type_url)
+        state = self._types.get(type_url) if type_url is not None else None
+        if state is None or not state.requested or self._group is None:
+            return False
+        names = frozenset(request.resource_names)
+        wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
+        return wildcard == state.wildcard and names - {"*"} == state.names
 
     def _on_nack(self, type_url: str, state: _TypeState, request: DiscoveryRequest) -> None:
         status = self._status.of_type(type_url)
@@ -273,12 +300,18 @@ class SotwStream(XdsStream[DiscoveryRequest]):
             key = resources.version
             selected = resources.resources
         else:
+            clean = not state.wildcard and not state.holds and not lingering
+            if clean and not state.resend and state.selected_from is not None:
+                names = resources.changed_since(state.selected_from)
+                if names is not None and names.isdisjoint(state.names):
+                    return None
             selected = self._selection(state, resources, lingering)
             if not selected and not state.wildcard:
                 # Nothing asked for exists yet: answered when it appears.
                 return None
             # The version a snapshot holding exactly this content would have.
             key = TypeSnapshot(type_url=type_url, resources=selected).version
+            state.selected_from = resources.version if clean else None
         if key == state.sent_key and not state.resend:
             return None
         state.sent_key = key
@@ -295,7 +328,13 @@ class SotwStream(XdsStream[DiscoveryRequest]):
         status = self._status.of_type(type_url)
         status.sent_version = key
         status.sent_nonce = state.nonce
-        status.sent_resources = {name: resource.version for name, resource in selected.items()}
+        status.sent_resources = (
+            # Every healthy wildcard stream records the same: one mapping.
+            resources.versions
+            if shared
+            else {name: resource.version for name, resource in selected.items()}
+        )
+        status.names_generation += 1
         status.held_back = frozenset(state.holds)
         self._prune_nacks(type_url)
         self._context.metrics.pushed(type_url, StreamKind.SOTW)

@@ -24,7 +24,7 @@ from xds_ingress.server.metrics import XdsMetrics
 from xds_ingress.server.observer import Answer, NullObserver, Rejection, XdsObserver
 from xds_ingress.server.redact import redact_text
 from xds_ingress.server.registry import Nack, StreamStatus, one_line
-from xds_ingress.server.warming import DEFAULT_BOUND_SECONDS, Holdings, Plan, WarmingGate
+from xds_ingress.server.warming import DEFAULT_BOUND_SECONDS, OPEN, Holdings, Plan, WarmingGate
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,14 @@ def in_ads_order(type_urls: Iterator[str] | list[str] | set[str]) -> list[str]:
     before their endpoints and listeners before their routes, so Envoy never
     waits on a resource it was not yet told about.
     """
-    order = {type_url: index for index, type_url in enumerate(types.ADS_ORDER)}
-    return sorted(type_urls, key=lambda url: (order.get(url, len(order)), url))
+    return sorted(type_urls, key=_ads_rank)
+
+
+_ADS_RANKS = {type_url: index for index, type_url in enumerate(types.ADS_ORDER)}
+
+
+def _ads_rank(type_url: str) -> tuple[int, str]:
+    return _ADS_RANKS.get(type_url, len(_ADS_RANKS)), type_url
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,14 @@ class XdsStream(abc.ABC, Generic[Request]):
             self._context.metrics.type_opened(type_url, self._status.kind)
         return type_url
 
+    def _peek_type(self, request_type_url: str) -> str | None:
+        """The type a request is about, quietly (`_requested_type` logs a mismatch)."""
+        if self._fixed_type is not None:
+            if request_type_url and request_type_url != self._fixed_type:
+                return None
+            return self._fixed_type
+        return request_type_url or None
+
     def _requested_type(self, request_type_url: str) -> str | None:
         if self._fixed_type is not None:
             if request_type_url and request_type_url != self._fixed_type:
@@ -171,6 +185,7 @@ class XdsStream(abc.ABC, Generic[Request]):
             acked=lambda type_url: self._status.of_type(type_url).acked_resources.keys(),
             sent_clusters=self._status.of_type(types.CLUSTER).sent_resources.keys(),
             clusters_in_scope=self._clusters_in_scope,
+            generation=lambda type_url: self._status.of_type(type_url).names_generation,
         )
 
     def _answered(self, type_url: str, nonce: str, *, acked: bool) -> None:
@@ -273,6 +288,14 @@ class XdsStream(abc.ABC, Generic[Request]):
     def _on_request(self, request: Request) -> None: ...
 
     @abc.abstractmethod
+    def _plain_ack(self, request: Request) -> bool:
+        """`request` (before `_on_request` sees it) only ACKs, changing no subscription.
+
+        Such a request cannot make anything due on a snapshot already sent:
+        it only tells what the Envoy holds.
+        """
+
+    @abc.abstractmethod
     def _responses(self, snapshot: Snapshot, plan: Plan) -> Iterator[tuple[str, bytes]]:
         """(type_url, serialised response) for each response the snapshot calls for.
 
@@ -296,14 +319,21 @@ class XdsStream(abc.ABC, Generic[Request]):
         reader = asyncio.create_task(events.feed(requests))
         cancel_watch: Cancel | None = None
         timer: asyncio.TimerHandle | None = None
+        # The snapshot version of the last pass if it held nothing back and
+        # kept nothing lingering (see `_plain_ack`).
+        quiet_at: str | None = None
         try:
             while True:
                 batch = await events.next_batch()
                 ended = False
+                plain = True
                 for item in batch:
                     if isinstance(item, Ended):
                         ended = True
-                    elif not isinstance(item, Woken):
+                    elif isinstance(item, Woken):
+                        plain = False
+                    else:
+                        plain = plain and self._plain_ack(item)
                         self._on_request(item)
                 if ended:
                     return
@@ -313,6 +343,19 @@ class XdsStream(abc.ABC, Generic[Request]):
                     cancel_watch = self._context.cache.watch(self._group, events.wake)
                 snapshot = self._context.cache.current(self._group)
                 if snapshot is None:
+                    continue
+                if plain and quiet_at == snapshot.version:
+                    # Only ACKs, of a snapshot already sent with nothing held
+                    # back or lingering: nothing can be due (half of a push's
+                    # passes, times every stream). The gate still hears of
+                    # them: an ACK is what settles a version.
+                    self._gate.after_pass(
+                        version=quiet_at,
+                        plan=OPEN,
+                        held=self._holdings(),
+                        sent=frozenset(),
+                        awaiting=self._awaiting,
+                    )
                     continue
                 another_pass = True
                 while another_pass:
@@ -331,6 +374,7 @@ class XdsStream(abc.ABC, Generic[Request]):
                         awaiting=self._awaiting,
                     )
                     timer = self._schedule_timeout(plan, events.wake, timer)
+                    quiet_at = None if plan.hold or plan.linger else version
         finally:
             reader.cancel()
             if timer is not None:

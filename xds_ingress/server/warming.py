@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xds_ingress.cache import Snapshot
 from xds_ingress.resources import types
@@ -69,6 +69,26 @@ class Holdings:
     sent_clusters: Set[str]
     # Cluster names this stream sends of the snapshot (its CDS scope).
     clusters_in_scope: Callable[[Snapshot], Set[str]]
+    # Per type, a count that changes whenever the names sent, acked or
+    # subscribed to may have: equal counts, equal name sets.
+    generation: Callable[[str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """The gate's set arithmetic of the last pass, and what it depended on.
+
+    Every stream plans on every publish and every ACK; at 10k clusters the
+    set operations over every name cost a millisecond a pass. An endpoint
+    change alters neither the clusters nor the names anyone holds, so the
+    next pass reuses these, patched for the assignments that changed.
+    """
+
+    clusters: str  # the CDS TypeSnapshot's version
+    endpoints: str | None  # the EDS TypeSnapshot's version; None: EDS not asked
+    generations: tuple[int, int]  # held.generation of CDS and EDS
+    pending: frozenset[str]
+    linger: frozenset[str]
 
 
 class WarmingGate:
@@ -83,6 +103,7 @@ class WarmingGate:
         self._given_up: set[str] = set()
         # The snapshot version whose held types the Envoy has ACKed.
         self._settled: str | None = None
+        self._memo: _Memo | None = None
 
     def plan(self, snapshot: Snapshot, version: str, held: Holdings, now: float) -> Plan:
         if types.CLUSTER not in held.answered:
@@ -96,10 +117,9 @@ class WarmingGate:
             self._pending_since.clear()
             return OPEN
         in_scope = held.clusters_in_scope(snapshot)
-        linger: frozenset[str] = frozenset()
-        if self._settled != version:
-            linger = frozenset(held.sent_clusters - in_scope)
-        pending = self._pending(snapshot, in_scope, held)
+        memo = self._remember(snapshot, in_scope, held)
+        linger = memo.linger if self._settled != version else frozenset()
+        pending = memo.pending
         for name in [n for n in self._pending_since if n not in pending]:
             del self._pending_since[name]
         # Given up only while it stays cold: warm or gone, it starts afresh.
@@ -127,6 +147,47 @@ class WarmingGate:
             ", ".join(sorted(waiting)),
         )
         return Plan(hold=frozenset(dependent), linger=linger)
+
+    def _remember(self, snapshot: Snapshot, in_scope: Set[str], held: Holdings) -> _Memo:
+        """Pending and lingering clusters, from the last pass's when they still hold."""
+        clusters = snapshot.of_type(types.CLUSTER).version
+        endpoints = snapshot.of_type(types.ENDPOINT) if types.ENDPOINT in held.asked else None
+        generations = (held.generation(types.CLUSTER), held.generation(types.ENDPOINT))
+        memo = self._memo
+        if (
+            memo is not None
+            and memo.clusters == clusters
+            and memo.generations == generations
+            and (memo.endpoints is None) == (endpoints is None)
+        ):
+            if endpoints is None or memo.endpoints == endpoints.version:
+                return memo
+            assert memo.endpoints is not None
+            names = endpoints.changed_since(memo.endpoints)
+            if names is not None:
+                # Same clusters, scope and names held: only these
+                # assignments may have come or gone.
+                pending = set(memo.pending)
+                acked_clusters = held.acked(types.CLUSTER)
+                acked_endpoints = held.acked(types.ENDPOINT)
+                for name in names:
+                    if name in in_scope and (
+                        name not in acked_clusters
+                        or (name in endpoints.resources and name not in acked_endpoints)
+                    ):
+                        pending.add(name)
+                    else:
+                        pending.discard(name)
+                self._memo = replace(memo, endpoints=endpoints.version, pending=frozenset(pending))
+                return self._memo
+        self._memo = _Memo(
+            clusters=clusters,
+            endpoints=endpoints.version if endpoints is not None else None,
+            generations=generations,
+            pending=self._pending(snapshot, in_scope, held),
+            linger=frozenset(held.sent_clusters - in_scope),
+        )
+        return self._memo
 
     @staticmethod
     def _pending(snapshot: Snapshot, in_scope: Set[str], held: Holdings) -> frozenset[str]:

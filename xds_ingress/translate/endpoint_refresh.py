@@ -11,7 +11,7 @@ seconds (a whole translation) and a millisecond.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from xds_ingress import ir
@@ -48,11 +48,22 @@ class StoreTranslator:
         self._translate = translate
         self._last_view: StoreView | None = None
         self._last: ir.Translation | None = None
+        # Positions in `_last.config.backends` of the Backends fed by each
+        # Service: a refresh touches those, not a walk over every Backend.
+        # The fast path only replaces Backends in place, so positions hold
+        # until the next full translation.
+        self._fed_by: dict[NamespacedName, list[int]] = {}
+        # The EndpointSlices `_last` has conditions on: a refresh of others
+        # that finds nothing wrong keeps the conditions as they are, rather
+        # than filter every condition of every object.
+        self._conditioned_slices: frozenset[ir.ObjectRef] = frozenset()
 
     def full(self) -> ir.Translation:
         view = self._view()
         translation = self._translate(view)
         self._last_view, self._last = view, translation
+        self._fed_by = _positions_by_service(translation.config.backends)
+        self._conditioned_slices = _slice_refs(translation.conditions)
         return translation
 
     def endpoints(self, changed: Iterable[ObjectKey]) -> EndpointRefresh | None:
@@ -70,26 +81,42 @@ class StoreTranslator:
         services = _services(keys, views=(old_view, view))
         findings = Findings()
         resolver = BackendResolver(view, findings=findings)
-        backends: list[ir.Backend] = []
+        backends = list(self._last.config.backends)
         refreshed: list[ir.Backend] = []
-        for backend in self._last.config.backends:
-            source = backend.endpoint_source
-            if source is not None and (source.namespace, source.service) in services:
-                endpoints = resolver.endpoints(source)
-                if endpoints != backend.endpoints:
-                    backend = dataclasses.replace(backend, endpoints=endpoints)
-                    refreshed.append(backend)
-            backends.append(backend)
-        translation = ir.Translation(
-            config=dataclasses.replace(self._last.config, backends=tuple(backends)),
-            conditions=_conditions(
-                self._last.conditions,
-                stale=_slices_of(services, views=(old_view, view)),
-                fresh=findings.conditions(),
-            ),
-        )
+        # In config order, as a walk over every Backend would find them.
+        for position in sorted(p for service in services for p in self._fed_by.get(service, ())):
+            backend = backends[position]
+            assert backend.endpoint_source is not None
+            endpoints = resolver.endpoints(backend.endpoint_source)
+            if endpoints != backend.endpoints:
+                backend = dataclasses.replace(backend, endpoints=endpoints)
+                refreshed.append(backend)
+                backends[position] = backend
+        config = self._last.config
+        if refreshed:
+            config = dataclasses.replace(config, backends=tuple(backends))
+        stale = _slices_of(services, views=(old_view, view))
+        fresh = findings.conditions()
+        conditions = self._last.conditions
+        if fresh or not stale.isdisjoint(self._conditioned_slices):
+            conditions = _conditions(conditions, stale=stale, fresh=fresh)
+            self._conditioned_slices = _slice_refs(conditions)
+        translation = ir.Translation(config=config, conditions=conditions)
         self._last_view, self._last = view, translation
         return EndpointRefresh(translation=translation, changed=tuple(refreshed))
+
+
+def _slice_refs(conditions: Iterable[ir.Condition]) -> frozenset[ir.ObjectRef]:
+    return frozenset(c.object for c in conditions if c.object.kind == ENDPOINT_SLICE)
+
+
+def _positions_by_service(backends: Sequence[ir.Backend]) -> dict[NamespacedName, list[int]]:
+    positions: dict[NamespacedName, list[int]] = {}
+    for position, backend in enumerate(backends):
+        source = backend.endpoint_source
+        if source is not None:
+            positions.setdefault((source.namespace, source.service), []).append(position)
+    return positions
 
 
 def _services(keys: frozenset[ObjectKey], *, views: Iterable[StoreView]) -> set[NamespacedName]:
