@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import psutil
+
 from bench import control_plane, envoy, workload
 from bench.procs import LOOPBACK, Child, free_port, wait_until_accepting
 from bench.results import CaseResult, MetricSpec, TargetResult, at_most
@@ -54,7 +56,9 @@ METRICS: Final[Mapping[str, MetricSpec]] = {
     "cp_build_s": MetricSpec("s", "first snapshot's translate + build + serialise (its log)"),
     "cp_builds": MetricSpec("builds", "snapshot builds by the time all was ACKed"),
     "cp_peak_rss_mib": MetricSpec("MiB", "control plane peak RSS (VmHWM)"),
-    "cp_cpu_s": MetricSpec("s", "control plane CPU time until all ACKed"),
+    "cp_cpu_s": MetricSpec(
+        "s", "control plane CPU time until all ACKed (with its YAML-parsing worker processes)"
+    ),
     "envoy_xds_peak_rss_mib": MetricSpec("MiB", "xDS Envoy peak RSS"),
     "envoy_static_peak_rss_mib": MetricSpec("MiB", "static-file Envoy peak RSS"),
 }
@@ -197,7 +201,7 @@ class ColdStartCase:
             acked = control_plane.wait_all_acked(
                 server, ports.admin, self._type_counts, within_seconds=timeout, node_id="bench-xds"
             )
-            cpu = server.cpu_seconds()
+            cpu = _cpu_seconds_with_workers(server)
             live_from_cp = proxy.started - server.started + envoy_live
             build, builds = control_plane.build_seconds(ports.metrics)
             timeline = control_plane.log_timeline(server)
@@ -265,6 +269,20 @@ class ColdStartCase:
         finally:
             proxy.stop()
         return max(live, acked - (proxy.started - server.started))
+
+
+def _cpu_seconds_with_workers(server: Child) -> float:
+    """The control plane's CPU time, with the worker processes it read the folder on.
+
+    The file source parses a large folder on worker processes, which have
+    exited (and been waited for) by the time the folder is read: their time
+    is the control plane's children's.
+    """
+    try:
+        times = psutil.Process(server.pid).cpu_times()
+    except psutil.Error:
+        return server.cpu_seconds()
+    return float(times.user + times.system + times.children_user + times.children_system)
 
 
 class ColdStart:

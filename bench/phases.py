@@ -55,8 +55,12 @@ def measure(
     folder: Path, *, repeats: int, http_port: int, https_port: int
 ) -> tuple[dict[str, Any], Resources]:
     started = time.perf_counter()
-    objects = FileSource(folder).scan() or ()
+    cpu_started = _cpu_seconds()
+    source = FileSource(folder)
+    objects = source.scan() or ()
     read_seconds = time.perf_counter() - started
+    # This process and the workers the file source parsed on (reaped by now).
+    read_cpu_seconds = _cpu_seconds() - cpu_started
 
     started = time.perf_counter()
     store = Store()
@@ -66,28 +70,40 @@ def measure(
 
     listener_settings = settings(http_port=http_port, https_port=https_port)
     timings: dict[str, list[float]] = {"translate": [], "build": [], "serialise": []}
+    # The same stages in this process's CPU time: steadier than wall time
+    # on a machine other work shares.
+    cpu_timings: dict[str, list[float]] = {"translate": [], "build": [], "serialise": []}
     resources: Resources = {}
     conditions = 0
+    version = ""
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         translation = translate(view, settings=listener_settings)
-        built = time.perf_counter()
+        built, cpu_built = time.perf_counter(), time.process_time()
         resources = ResourceBuilder().build(translation.config)
-        serialising = time.perf_counter()
+        serialising, cpu_serialising = time.perf_counter(), time.process_time()
         snapshot = build_snapshot(resources)
-        _ = snapshot.version
-        done = time.perf_counter()
+        version = snapshot.version
+        done, cpu_done = time.perf_counter(), time.process_time()
         timings["translate"].append(built - started)
         timings["build"].append(serialising - built)
         timings["serialise"].append(done - serialising)
+        cpu_timings["translate"].append(cpu_built - cpu_started)
+        cpu_timings["build"].append(cpu_serialising - cpu_built)
+        cpu_timings["serialise"].append(cpu_done - cpu_serialising)
         conditions = len(translation.conditions)
 
     report = {
         "objects": len(objects),
         "conditions": conditions,
         "read_seconds": read_seconds,
+        "read_cpu_seconds": read_cpu_seconds,
+        "read_workers": source.workers,
         "store_seconds": store_seconds,
         "timings": timings,
+        "cpu_timings": cpu_timings,
+        # The content hash: equal for equal configurations, across code changes.
+        "snapshot_version": version,
         "counts": {key: len(resources.get(url, {})) for key, url in COUNTED_TYPES.items()},
         "virtual_hosts": _virtual_hosts(resources),
         "type_counts": {url: len(by_name) for url, by_name in resources.items()},
@@ -95,6 +111,14 @@ def measure(
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     return report, resources
+
+
+def _cpu_seconds() -> float:
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def _virtual_hosts(resources: Resources) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
-from xds_ingress import ir
+from xds_ingress import gc_pause, ir
 from xds_ingress.resources import types
 from xds_ingress.resources.cluster import build_cluster
 from xds_ingress.resources.endpoint import build_load_assignment
@@ -73,6 +73,12 @@ class ResourceBuilder:
         )
 
     def build(self, config: ir.Config) -> Resources:
+        # Building makes protobufs and memo entries, no garbage cycles; at
+        # 10k Services the collector's passes were 60% of a cold build.
+        with gc_pause.paused():
+            return self._build(config)
+
+    def _build(self, config: ir.Config) -> Resources:
         resources: Resources = {type_url: {} for type_url in types.ADS_ORDER}
         for listener in config.listeners:
             message = self._listeners.get(listener, build_listener)

@@ -12,10 +12,9 @@ calls in flight to a terminating pod finish.
 from __future__ import annotations
 
 from envoy.config.core.v3 import health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 
 from xds_ingress import ir
-from xds_ingress.resources.core import socket_address
 
 _HEALTH = {
     ir.EndpointHealth.HEALTHY: health_check_pb2.HEALTHY,
@@ -24,21 +23,17 @@ _HEALTH = {
 
 
 def build_load_assignment(backend: ir.Backend) -> endpoint_pb2.ClusterLoadAssignment:
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=backend.name)
     if not backend.endpoints:
-        return endpoint_pb2.ClusterLoadAssignment(cluster_name=backend.name)
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=backend.name,
-        endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(
-                lb_endpoints=[
-                    endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(
-                            address=socket_address(endpoint.address, endpoint.port)
-                        ),
-                        health_status=_HEALTH[endpoint.health],
-                    )
-                    for endpoint in backend.endpoints
-                ]
-            )
-        ],
-    )
+        return assignment
+    # Filled in place rather than built from nested constructors: a third of
+    # the cost at 10 endpoints, and at 10k Services the load assignments
+    # were the largest part of a build (100k endpoints).
+    lb_endpoints = assignment.endpoints.add().lb_endpoints
+    for endpoint in backend.endpoints:
+        lb_endpoint = lb_endpoints.add()
+        address = lb_endpoint.endpoint.address.socket_address
+        address.address = endpoint.address
+        address.port_value = endpoint.port
+        lb_endpoint.health_status = _HEALTH[endpoint.health]
+    return assignment

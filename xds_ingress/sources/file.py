@@ -12,59 +12,44 @@ YAML, a document that is not an object, an unsupported kind) is one WARNING
 naming the file and the document, and everything else keeps flowing. A file
 is only read again when it changes, so an unfixed problem is not logged on
 every poll.
+
+Parsing is file_parse's job; a large read (a cold start) runs it on every
+core. A poll that finds nothing changed costs one stat per file, and the
+interval stretches with that cost so that watching a huge folder stays a
+small fraction of one core.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from xds_ingress import gc_pause
+from xds_ingress.sources.file_parse import (
+    Document,
+    Failure,
+    Item,
+    Problem,
+    is_config_file,
+    read_many,
+)
 from xds_ingress.sources.objects import KubeObject, ObjectError, ObjectKey, parse_object
 from xds_ingress.sources.sink import ObjectSink
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = frozenset({".yaml", ".yml", ".json"})
+# A poll that changed nothing is followed by a sleep of at least this many
+# times its own duration: watching stays under ~5% of a core however large
+# the folder (10k files take ~0.05 s to stat).
+POLL_COST_FACTOR = 20
 
-# A line that starts or ends a YAML document. YAML forbids these at column 0
-# inside any scalar, so splitting on them finds document boundaries exactly,
-# which lets one malformed document be skipped while its neighbours load.
-_DOCUMENT_MARKER = re.compile(r"^(?:---|\.\.\.)(?:[ \t]|$)")
-
-
-# libyaml's parser reads a large folder about 6x faster than the pure-Python
-# one (bench/README.md, cold start); PyYAML wheels ship it.
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """SafeLoader that leaves timestamps as strings, as Kubernetes reads them.
-
-    Otherwise an unquoted creationTimestamp would become a datetime, a type
-    no Kubernetes client ever produces and translate would have to special-case.
-    """
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Stat:
-    mtime_ns: int
-    ctime_ns: int
-    size: int
-    inode: int
+# (mtime_ns, ctime_ns, size, inode): a file whose tuple is unchanged is not read again.
+_Stat = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +69,23 @@ class FileSource:
 
     `synced` is set once the first complete read has been published: the
     startup barrier. Not thread-safe; run one `run` (or `scan` caller) at a time.
+    `workers` caps the processes a large read parses on (default: the CPUs
+    this process may use).
     """
 
-    def __init__(self, directory: Path | str, *, poll_interval: float = 0.25) -> None:
+    def __init__(
+        self, directory: Path | str, *, poll_interval: float = 0.25, workers: int | None = None
+    ) -> None:
         self.directory = Path(directory)
         self.poll_interval = poll_interval
+        self.workers = workers if workers is not None else _usable_cpus()
         self.synced = asyncio.Event()
-        self._files: dict[Path, _FileState] = {}
+        self._files: dict[str, _FileState] = {}
         self._scanned = False
         self._directory_problem: str | None = None
         self._warned_duplicates: frozenset[tuple[ObjectKey, str, str]] = frozenset()
+        # How long the last look at the folder's names and stats took.
+        self._stat_seconds = 0.0
 
     @property
     def origin(self) -> str:
@@ -112,47 +104,48 @@ class FileSource:
             if not self.synced.is_set():
                 self.synced.set()
                 log.info("read %d objects from %s", len(objects or ()), self.directory)
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(max(self.poll_interval, self._stat_seconds * POLL_COST_FACTOR))
 
     def scan(self) -> tuple[KubeObject, ...] | None:
         """Poll once: the complete object set if anything changed, else None.
 
         The first call always returns the object set.
         """
+        started = time.perf_counter()
         stats = self._stat_files()
+        self._stat_seconds = time.perf_counter() - started
         changed = not self._scanned or stats.keys() != self._files.keys()
-        files: dict[Path, _FileState] = {}
+        files: dict[str, _FileState] = {}
+        to_read: list[str] = []
         for path, stat in stats.items():
             known = self._files.get(path)
             if known is not None and known.stat == stat:
                 files[path] = known
-                continue
+            else:
+                to_read.append(path)
+        if to_read:
             changed = True
-            files[path] = _FileState(stat=stat, objects=_read_objects(path))
+            # Reading makes objects that stay (no garbage cycles); at 10k
+            # files the collector's passes over them were most of the
+            # reading thread's time.
+            with gc_pause.paused():
+                for path, items in read_many(to_read, workers=self.workers):
+                    files[path] = _FileState(stat=stats[path], objects=_located(path, items))
         self._files = files
         self._scanned = True
         if not changed:
             return None
         return self._merge()
 
-    def _stat_files(self) -> dict[Path, _Stat]:
+    def _stat_files(self) -> dict[str, _Stat]:
         problem = None
-        stats: dict[Path, _Stat] = {}
+        stats: dict[str, _Stat] = {}
         if self.directory.is_file():
-            paths: Iterable[Path] = [self.directory]  # one file is a folder of one
+            _stat_into(stats, str(self.directory))  # one file is a folder of one
         elif self.directory.is_dir():
-            paths = _walk(self.directory)
+            _walk_into(stats, str(self.directory))
         else:
-            paths = []
             problem = "does not exist"
-        for path in paths:
-            try:
-                st = path.stat()
-            except OSError:
-                continue  # removed between listing and stat; the next poll sees it gone
-            stats[path] = _Stat(
-                mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, size=st.st_size, inode=st.st_ino
-            )
         if problem != self._directory_problem and problem is not None:
             log.warning("%s: %s; no objects read from it", self.directory, problem)
         self._directory_problem = problem
@@ -161,7 +154,8 @@ class FileSource:
     def _merge(self) -> tuple[KubeObject, ...]:
         winners: dict[ObjectKey, _Located] = {}
         duplicates: set[tuple[ObjectKey, str, str]] = set()
-        for path in sorted(self._files):
+        # By path components, as pathlib orders paths: the first file wins.
+        for path in sorted(self._files, key=_components):
             for located in self._files[path].objects:
                 first = winners.setdefault(located.obj.key, located)
                 if first is not located:
@@ -173,84 +167,57 @@ class FileSource:
         return tuple(located.obj for located in winners.values())
 
 
-def _walk(directory: Path) -> Iterator[Path]:
-    for root, dirs, names in os.walk(directory):
-        # Skip hidden entries: editors' temporary files, and the ..data /
-        # ..2024_... directories of a ConfigMap volume, which would otherwise
-        # show every object twice.
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            path = Path(root, name)
-            if not name.startswith(".") and path.suffix in SUFFIXES:
-                yield path
-
-
-def _read_objects(path: Path) -> tuple[_Located, ...]:
+def _usable_cpus() -> int:
     try:
-        return tuple(_read_file(path))
-    except Exception:
-        # A bug on one odd file must not stop the folder being watched. The
-        # file counts as read, so this is logged once, not on every poll.
-        log.exception("%s: reading failed; file ignored", path)
-        return ()
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-def _read_file(path: Path) -> Iterator[_Located]:
+def _components(path: str) -> list[str]:
+    return path.split(os.sep)
+
+
+def _walk_into(stats: dict[str, _Stat], directory: str) -> None:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        log.warning("%s: cannot read file: %s", path, error)
-        return
-    for where, document in _documents(path, text):
-        yield from _objects(where, document, source=str(path))
-
-
-def _documents(path: Path, text: str) -> Iterator[tuple[str, object]]:
-    if path.suffix == ".json":
+        entries = list(os.scandir(directory))
+    except OSError:
+        return  # removed or unreadable since it was listed; the next poll sees it
+    for entry in entries:
+        name = entry.name
         try:
-            yield f"{path}", json.loads(text)
-        except (ValueError, RecursionError) as error:
-            log.warning("%s: malformed JSON: %s; file ignored", path, error)
-        return
-    for index, (first_line, chunk) in enumerate(_split_documents(text), start=1):
-        where = f"{path}: document {index} (line {first_line})"
-        try:
-            document = yaml.load(chunk, Loader=_Loader)
-        except (yaml.YAMLError, RecursionError) as error:
-            problem = _yaml_problem(error, first_line)
-            log.warning("%s: malformed YAML: %s; document ignored", where, problem)
+            is_dir = entry.is_dir()
+        except OSError:
             continue
-        if document is not None:  # an empty document, as kubectl skips it
-            yield where, document
+        if is_dir:
+            # Like os.walk: hidden folders (a ConfigMap volume's ..data and
+            # ..2024_... copies) are skipped, and links to folders not followed.
+            if not name.startswith(".") and not entry.is_symlink():
+                _walk_into(stats, entry.path)
+        elif is_config_file(name):
+            _stat_into(stats, entry.path)
 
 
-def _split_documents(text: str) -> Iterator[tuple[int, str]]:
-    """(first line number, text) of each document that has content."""
-    first_line = 1
-    current: list[str] = []
-    for number, line in enumerate(text.splitlines(keepends=True), start=1):
-        if not _DOCUMENT_MARKER.match(line):
-            current.append(line)
-            continue
-        if _has_content(current):
-            yield first_line, "".join(current)
-        # "--- {a: 1}": content on the marker line belongs to the new document.
-        rest = line[3:] if line.startswith("---") else ""
-        current = [rest] if rest.strip() else []
-        first_line = number if current else number + 1
-    if _has_content(current):
-        yield first_line, "".join(current)
+def _stat_into(stats: dict[str, _Stat], path: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # removed between listing and stat; the next poll sees it gone
+    stats[path] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
-def _has_content(lines: Sequence[str]) -> bool:
-    return any(line.strip() and not line.lstrip().startswith(("#", "%")) for line in lines)
-
-
-def _yaml_problem(error: Exception, first_line: int) -> str:
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        return f"{error.problem} at line {first_line + mark.line}, column {mark.column + 1}"
-    return str(error)
+def _located(path: str, items: tuple[Item, ...]) -> tuple[_Located, ...]:
+    """The objects of one file's documents; its problems logged, in file order."""
+    found: list[_Located] = []
+    for item in items:
+        if isinstance(item, Document):
+            found.extend(_objects(item.where, item.body, source=path))
+        elif isinstance(item, Problem):
+            log.warning("%s", item.message)
+        elif isinstance(item, Failure):
+            # The file counts as read, so this is logged once, not on every poll.
+            log.error("%s: reading failed; file ignored\n%s", path, item.traceback.rstrip())
+    return tuple(found)
 
 
 def _objects(where: str, document: object, *, source: str) -> Iterator[_Located]:

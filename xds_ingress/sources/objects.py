@@ -87,10 +87,19 @@ def api_group(api_version: str) -> str:
 
 def freeze(value: Any) -> Any:
     """A read-only deep copy: mappings become MappingProxyType, lists tuples."""
+    # Exact types first: parsed YAML and JSON hold nothing else, and a cold
+    # start freezes millions of values (an ABC isinstance costs 10x more).
+    cls = type(value)
+    if cls is str or cls is int or cls is bool:
+        return value
+    if cls is dict:
+        return types.MappingProxyType({key: freeze(item) for key, item in value.items()})
+    if cls is list:
+        return tuple([freeze(item) for item in value])
     if isinstance(value, Mapping):
         return types.MappingProxyType({key: freeze(item) for key, item in value.items()})
     if isinstance(value, list | tuple):
-        return tuple(freeze(item) for item in value)
+        return tuple([freeze(item) for item in value])
     return value
 
 

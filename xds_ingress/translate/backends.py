@@ -9,7 +9,7 @@ rollout under load then fails no call); any other endpoint is left out.
 from __future__ import annotations
 
 import ipaddress
-import re
+import socket
 from collections.abc import Mapping
 
 from xds_ingress import ir
@@ -164,18 +164,21 @@ class BackendResolver:
                 # An address in two slices (as it moves between them): ready wins.
                 if key not in found or endpoint.health is ir.EndpointHealth.HEALTHY:
                     found[key] = endpoint
-        return tuple(sorted(found.values()))
+        # The dataclass's own ordering, by a key: its generated __lt__ builds
+        # two tuples per comparison, a tenth of a 10k-Service translation.
+        return tuple(sorted(found.values(), key=_endpoint_order))
 
-    def _slice_endpoints(self, endpoint_slice: KubeObject, *, port_name: str) -> set[ir.Endpoint]:
+    def _slice_endpoints(self, endpoint_slice: KubeObject, *, port_name: str) -> list[ir.Endpoint]:
+        """The slice's usable endpoints; one listed twice comes out twice (endpoints() merges)."""
         body = endpoint_slice.body
         address_type = body.get("addressType")
         if address_type == "FQDN":
-            return set()  # Envoy would need DNS clusters for these; not supported
+            return []  # Envoy would need DNS clusters for these; not supported
         version = _IP_VERSIONS.get(address_type) if isinstance(address_type, str) else None
         target = _slice_port(body, port_name=port_name)
         if target is None:
-            return set()
-        found = set()
+            return []
+        found = []
         for endpoint in fields.items(body.get("endpoints")):
             endpoint = fields.mapping(endpoint)
             health = _health(fields.mapping(endpoint.get("conditions")))
@@ -190,8 +193,12 @@ class BackendResolver:
                         message=f"address {address!r} is not an {address_type or 'IP'} address",
                     )
                     continue
-                found.add(ir.Endpoint(address=ip, port=target, health=health))
+                found.append(ir.Endpoint(address=ip, port=target, health=health))
         return found
+
+
+def _endpoint_order(endpoint: ir.Endpoint) -> tuple[str, int, str]:
+    return endpoint.address, endpoint.port, endpoint.health
 
 
 def _health(conditions: Mapping[str, object]) -> ir.EndpointHealth | None:
@@ -238,18 +245,24 @@ def _protocol(*, port_name: str, app_protocol: str) -> ir.UpstreamProtocol:
     return ir.UpstreamProtocol.HTTP1
 
 
-# A dotted quad already in canonical form (no leading zeros): nearly every
-# address a cluster lists. Matching it is ~40x cheaper than ipaddress, which
-# was a third of a 10k-Service translation.
-_CANONICAL_IPV4 = re.compile(
-    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-)
+def _canonical_ipv4(address: str) -> bool:
+    """A dotted quad already in canonical form: nearly every address a cluster lists.
+
+    Two C calls, several times cheaper than a regular expression and ~40x
+    cheaper than ipaddress, which was a third of a 10k-Service translation.
+    """
+    try:
+        return (
+            socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, address)) == address
+        )
+    except (OSError, ValueError):  # not IPv4; ValueError: an embedded NUL
+        return False
 
 
 def _ip(address: object, *, version: int | None) -> str | None:
     if not isinstance(address, str):
         return None
-    if version != 6 and _CANONICAL_IPV4.fullmatch(address):
+    if version != 6 and _canonical_ipv4(address):
         return address
     try:
         ip = ipaddress.ip_address(address)
