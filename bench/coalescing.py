@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bench import control_plane, envoy, ghz, h2_settings, peer_configs
+from bench import envoy, folder_stack, ghz, h2_settings, peer_configs
 from bench.data_plane import HOST, backend_objects
 from bench.procs import (
     LOOPBACK,
@@ -51,7 +51,6 @@ from bench.procs import (
     wait_until_accepting,
 )
 from bench.results import CaseResult, MetricSpec, TargetResult, at_most
-from xds_ingress.bootstrap import render_bootstrap
 
 NAME: Final = "coalescing"
 SIZES: Final = (1000, 5000)
@@ -203,29 +202,16 @@ class CoalescingCase:
         return notes
 
     def _start_xds(self, workdir: Path) -> None:
-        folder = workdir / "objects"
-        folder.mkdir(parents=True)
-        (folder / "backend.yaml").write_text(backend_objects(self._backend_port))
-        ports = control_plane.Ports.pick()
-        server = self._spawn(control_plane.start(source=folder, ports=ports, workdir=workdir))
-        wait_until_accepting(server, ports.xds, within_seconds=60)
-        self._envoy_admin = free_port()
-        config = envoy.write_bootstrap(
-            render_bootstrap(
-                xds_address=f"{LOOPBACK}:{ports.xds}",
-                node_id="bench-coalescing",
-                node_cluster="bench",
-                admin_address=f"{LOOPBACK}:{self._envoy_admin}",
-            ),
-            workdir / "bootstrap.json",
+        stack = folder_stack.start(
+            workdir,
+            objects_yaml=backend_objects(self._backend_port),
+            node_id="bench-coalescing",
+            expected=envoy.Expected(clusters=2, listeners=1),
+            register=self._spawn,
+            envoy_concurrency=ENVOY_WORKERS,
         )
-        proxy = self._spawn(
-            envoy.start(name="xDS Envoy", config=config, workdir=workdir, concurrency=ENVOY_WORKERS)
-        )
-        envoy.wait_live(
-            proxy, self._envoy_admin, envoy.Expected(clusters=2, listeners=1), within_seconds=60
-        )
-        self._envoy_listen = ports.http
+        self._envoy_admin = stack.envoy_admin
+        self._envoy_listen = stack.ports.http
 
     def _envoy_stream_cap(self) -> int:
         """max_concurrent_streams of the backend's cluster in Envoy's config dump, if set."""

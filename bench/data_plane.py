@@ -32,7 +32,7 @@ from typing import Any, Final
 import psutil
 import yaml
 
-from bench import control_plane, envoy, ghz, h2load, peer_configs
+from bench import envoy, folder_stack, ghz, h2load, peer_configs
 from bench.procs import (
     LOOPBACK,
     Child,
@@ -42,7 +42,6 @@ from bench.procs import (
     wait_until_accepting,
 )
 from bench.results import CaseResult, MetricSpec, TargetResult, at_least, at_most
-from xds_ingress.bootstrap import render_bootstrap
 
 NAME: Final = "data-plane"
 # Replies per server-streaming call in the streaming case.
@@ -217,40 +216,18 @@ class UnaryCase:
         self._targets["static"] = _Target("static", f"{LOOPBACK}:{listen}", process=proxy)
 
     def _start_xds(self, workdir: Path, backend_port: int) -> None:
-        folder = workdir / "objects"
-        folder.mkdir(parents=True)
-        (folder / "backend.yaml").write_text(backend_objects(backend_port))
-        ports = control_plane.Ports.pick()
-        server = self._spawn(
-            control_plane.start(source=folder, ports=ports, workdir=workdir, cpus=LOAD_CPU)
+        stack = folder_stack.start(
+            workdir,
+            objects_yaml=backend_objects(backend_port),
+            node_id="bench-xds",
+            # The backend's cluster and the bootstrap's xds_cluster.
+            expected=envoy.Expected(clusters=2, listeners=1),
+            register=self._spawn,
+            control_plane_cpus=LOAD_CPU,
+            envoy_cpus=SERVER_CPU,
         )
-        wait_until_accepting(server, ports.xds, within_seconds=60)
-        admin = free_port()
-        config = envoy.write_bootstrap(
-            render_bootstrap(
-                xds_address=f"{LOOPBACK}:{ports.xds}",
-                node_id="bench-xds",
-                node_cluster="bench",
-                admin_address=f"{LOOPBACK}:{admin}",
-            ),
-            workdir / "bootstrap.json",
-        )
-        proxy = self._spawn(
-            envoy.start(name="xDS Envoy", config=config, workdir=workdir, cpus=SERVER_CPU)
-        )
-        # The backend's cluster and the bootstrap's xds_cluster.
-        try:
-            envoy.wait_live(
-                proxy, admin, envoy.Expected(clusters=2, listeners=1), within_seconds=60
-            )
-        except TimeoutError as error:
-            # Which side was stuck: the control plane's log says.
-            raise TimeoutError(
-                f"{error}; control plane log ends:\n{server.log_tail(1500)}"
-                f"\nEnvoy log ends:\n{proxy.log_tail(1500)}"
-            ) from error
         self._targets["xds"] = _Target(
-            "xds", f"{LOOPBACK}:{ports.http}", authority=HOST, process=proxy
+            "xds", f"{LOOPBACK}:{stack.ports.http}", authority=HOST, process=stack.envoy
         )
 
     def _start_nginx(self, workdir: Path, backend_port: int) -> None:

@@ -41,18 +41,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from bench import control_plane, envoy, h2load
+from bench import envoy, folder_stack, h2load
 from bench.data_plane import HOST, backend_objects
 from bench.procs import (
     LOOPBACK,
     Child,
-    free_port,
     repo_tool,
     spawn_interop_server,
     wait_until_accepting,
 )
 from bench.results import CaseResult, MetricSpec, TargetResult
-from xds_ingress.bootstrap import render_bootstrap
 
 NAME: Final = "tls"
 LOAD_CPU: Final = (0,)
@@ -230,32 +228,18 @@ class TlsCase:
         backend, backend_port = spawn_interop_server(workdir / "backend.log", cpus=SERVER_CPU)
         self._spawn(backend)
         wait_until_accepting(backend, backend_port, within_seconds=30)
-        folder = workdir / "objects"
-        folder.mkdir(parents=True)
-        (folder / "backend.yaml").write_text(tls_objects(backend_port, self.key_type))
-        ports = control_plane.Ports.pick()
-        server = self._spawn(
-            control_plane.start(source=folder, ports=ports, workdir=workdir, cpus=LOAD_CPU)
+        stack = folder_stack.start(
+            workdir,
+            objects_yaml=tls_objects(backend_port, self.key_type),
+            node_id="bench-tls",
+            # HTTP and HTTPS listeners; the backend's cluster and xds_cluster.
+            expected=envoy.Expected(clusters=2, listeners=2),
+            register=self._spawn,
+            control_plane_cpus=LOAD_CPU,
+            envoy_cpus=SERVER_CPU,
         )
-        wait_until_accepting(server, ports.xds, within_seconds=60)
-        admin = free_port()
-        config = envoy.write_bootstrap(
-            render_bootstrap(
-                xds_address=f"{LOOPBACK}:{ports.xds}",
-                node_id="bench-tls",
-                node_cluster="bench",
-                admin_address=f"{LOOPBACK}:{admin}",
-            ),
-            workdir / "bootstrap.json",
-        )
-        self._envoy = self._spawn(
-            envoy.start(name="xDS Envoy", config=config, workdir=workdir, cpus=SERVER_CPU)
-        )
-        # HTTP and HTTPS listeners; the backend's cluster and xds_cluster.
-        envoy.wait_live(
-            self._envoy, admin, envoy.Expected(clusters=2, listeners=2), within_seconds=60
-        )
-        self._address = f"{LOOPBACK}:{ports.https}"
+        self._envoy = stack.envoy
+        self._address = f"{LOOPBACK}:{stack.ports.https}"
         self._small = workdir / "small.grpc"
         self._small.write_bytes(h2load.unary_request_frame(16))
         self._bulk = workdir / "bulk.grpc"
