@@ -6,13 +6,18 @@ before it starts), and E real Envoys (`--concurrency 1`, delta ADS, one node
 group) connected to it, started once per case. A run writes one new
 Ingress (its Service and EndpointSlice are written first and left to
 settle): a new route, cluster and endpoints, so every xDS type but the
-listener changes. The clock runs from just before that POST until the
-control plane's admin API (ListNodes) shows every Envoy with the new routes
-version ACKed and nothing sent left unACKed.
+listener changes. The clock runs from the wall-clock time just before that
+POST to the time the control plane recorded the last Envoy's ACK of the new
+routes (ListNodes' per-type `acked_at`; the bench and the control plane
+share the machine's clock). ListNodes is polled over one long-lived channel
+only to learn that every Envoy has ACKed the new routes and has nothing
+sent left unACKed: how often it is polled no longer limits the resolution.
 
 Also: control-plane CPU seconds per push, from the child process's own
-counters over the same interval, less what the ListNodes polling itself
-costs (measured per case, idle, and subtracted per poll).
+counters from the POST until the polling saw every Envoy ACKed, less what
+the ListNodes polling itself costs (measured per case, idle, and
+subtracted per poll); and the Envoys' own CPU over the same interval,
+which on a small machine is most of what a push costs.
 
 Yardstick: the same push to one Envoy, in the same invocation. Target
 (issue 7): 50 Envoys all ACKed in ≤ 2x the time of one.
@@ -32,6 +37,7 @@ from bench.kube_stack import RunningEnvoy
 from bench.procs import Child
 from bench.results import CaseResult, MetricSpec, TargetResult, at_most
 from bench.workload import pod_address
+from xds_ingress.admin.v1 import admin_pb2
 
 NAME: Final = "fan-out"
 SIZES: Final = (1, 10, 50)
@@ -42,8 +48,11 @@ SERVICES: Final = 100
 ENDPOINTS_PER_SERVICE: Final = 10
 IDLE_POD_PORT: Final = 9
 PUSH_TIMEOUT_SECONDS: Final = 30.0
-POLL_INTERVAL_SECONDS: Final = 0.005
+# The times come from the control plane; polling only has to notice the
+# end, and each poll costs the event loop being measured.
+POLL_INTERVAL_SECONDS: Final = 0.05
 CALIBRATION_POLLS: Final = 50
+IDLE_SAMPLE_SECONDS: Final = 1.0
 # After the Service and slice of the next run's route are written: long
 # enough for the control plane's holdoff and any rebuild to be over.
 SETTLE_SECONDS: Final = 1.0
@@ -51,9 +60,14 @@ SETTLE_SECONDS: Final = 1.0
 METRICS: Final[Mapping[str, MetricSpec]] = {
     "all_acked_ms": MetricSpec("ms", "Ingress write → every Envoy ACKed the new routes"),
     "first_acked_ms": MetricSpec("ms", "Ingress write → the first Envoy ACKed them"),
+    "clusters_acked_ms": MetricSpec("ms", "Ingress write → every Envoy ACKed the new cluster"),
+    "endpoints_acked_ms": MetricSpec("ms", "Ingress write → every Envoy ACKed its endpoints"),
+    "first_sent_ms": MetricSpec("ms", "Ingress write → the new routes sent to the first Envoy"),
+    "last_sent_ms": MetricSpec("ms", "Ingress write → the new routes sent to the last Envoy"),
     "cp_cpu_ms_per_push": MetricSpec("ms", "control plane CPU time for the push (polling less)"),
     "cp_cpu_ms_per_envoy": MetricSpec("ms", "control plane CPU time per push per Envoy"),
-    "polls": MetricSpec("calls", "ListNodes polls during the push"),
+    "envoys_cpu_ms_per_push": MetricSpec("ms", "CPU time of all the Envoys together for the push"),
+    "polls": MetricSpec("calls", "ListNodes polls until all were seen ACKed"),
 }
 
 
@@ -62,7 +76,7 @@ class FanOutCase:
     envoys: int
     _kube: LocalApiServer | None = None
     _server: Child | None = None
-    _admin_port: int = 0
+    _admin: kube_stack.AdminClient | None = None
     _proxies: list[RunningEnvoy] = field(default_factory=list)
     _cpu_per_poll: float = 0.0
 
@@ -90,7 +104,7 @@ class FanOutCase:
             items.append((kube_workload.INGRESSES, kube_workload.ingress(index)))
         self._kube.etcd.put_many(items)
         self._server, ports = kube_stack.start_control_plane(self._kube, workdir / "cp")
-        self._admin_port = ports.admin
+        self._admin = kube_stack.AdminClient(ports.admin)
         started = time.perf_counter()
         for number in range(self.envoys):
             self._proxies.append(
@@ -106,19 +120,29 @@ class FanOutCase:
                 within_seconds=60 + 2 * self.envoys,
             )
         kube_stack.wait_nodes_acked(
-            self._admin_port, self._node_ids(), within_seconds=60, server=self._server
+            self._admin, self._node_ids(), within_seconds=60, server=self._server
         )
         all_live = time.perf_counter() - started
         before = self._server.cpu_seconds_precise()
         for _ in range(CALIBRATION_POLLS):
-            kube_stack.list_nodes(self._admin_port)
+            self._admin.list_nodes()
         self._cpu_per_poll = (self._server.cpu_seconds_precise() - before) / CALIBRATION_POLLS
         rss = sum(proxy.process.peak_rss_bytes() for proxy in self._proxies)
+        idle_before = self._envoys_cpu()
+        time.sleep(IDLE_SAMPLE_SECONDS)
+        idle = (self._envoys_cpu() - idle_before) / IDLE_SAMPLE_SECONDS
         return {
             "all_envoys_live_s": all_live,
             "cp_cpu_ms_per_poll": self._cpu_per_poll * 1000,
             "envoys_peak_rss_mib_total": rss / 1024 / 1024,
+            # What the Envoys spend doing nothing, to compare with a push's.
+            "envoys_idle_cpu_ms_per_s": idle * 1000,
         }
+
+    def _envoys_cpu(self) -> float:
+        # With the control plane they share the machine's cores: what they
+        # spend on a push bounds how fast all of them can have it.
+        return sum(proxy.process.cpu_seconds_precise() for proxy in self._proxies)
 
     def _node_ids(self) -> set[str]:
         return {proxy.node_id for proxy in self._proxies}
@@ -127,6 +151,9 @@ class FanOutCase:
         for proxy in self._proxies:
             proxy.process.stop()
         self._proxies.clear()
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -136,45 +163,67 @@ class FanOutCase:
 
     def run_once(self, index: int, workdir: Path) -> dict[str, float]:
         assert self._kube is not None and self._server is not None, "prepare() first"
+        assert self._admin is not None, "prepare() first"
         route = SERVICES + index
         self._kube.etcd.put_many(_service_objects(route))
         time.sleep(SETTLE_SECONDS)
         node_ids = self._node_ids()
-        versions = kube_stack.routes_versions(kube_stack.list_nodes(self._admin_port))
-        old = {versions.get(node_id, "") for node_id in node_ids}
+        before = kube_stack.type_times(self._admin.list_nodes())
+        old = {before[node_id].version if node_id in before else "" for node_id in node_ids}
         if len(old) != 1:
-            raise RuntimeError(f"Envoys disagree on the routes before the push: {versions}")
+            raise RuntimeError(f"Envoys disagree on the routes before the push: {before}")
         old_version = old.pop()
+        envoys_before = self._envoys_cpu()
         cpu_before = self._server.cpu_seconds_precise()
-        started = time.perf_counter()
+        started = time.monotonic()
+        written = time.time()
         self._kube.api.create(kube_workload.INGRESS_PATH, kube_workload.ingress(route))
-        first: float | None = None
         polls = 0
         while True:
-            nodes = kube_stack.list_nodes(self._admin_port)
+            nodes = self._admin.list_nodes()
             polls += 1
-            now = time.perf_counter()
-            if first is None and any(
-                version not in ("", old_version)
-                for version in kube_stack.routes_versions(nodes).values()
-            ):
-                first = now - started
             if kube_stack.all_acked(nodes, node_ids, not_version=old_version):
                 break
-            if now - started > PUSH_TIMEOUT_SECONDS:
+            if time.monotonic() - started > PUSH_TIMEOUT_SECONDS:
                 raise TimeoutError(f"not every Envoy ACKed within {PUSH_TIMEOUT_SECONDS} s")
             time.sleep(POLL_INTERVAL_SECONDS)
-        elapsed = now - started
         cpu = self._server.cpu_seconds_precise() - cpu_before - polls * self._cpu_per_poll
+        envoys_cpu = self._envoys_cpu() - envoys_before
         for proxy in self._proxies:
             proxy.process.check_alive()
+        pushed = _times_since(written, nodes, node_ids, kube_stack.ROUTES_TYPE)
+        acked = [times.acked_at - written for times in pushed]
+        sent = [times.sent_at - written for times in pushed]
+        # Every run adds a cluster with its endpoints, so the last response
+        # of both types is this push's: the phases of make before break.
+        clusters = _times_since(written, nodes, node_ids, kube_stack.CLUSTERS_TYPE)
+        endpoints = _times_since(written, nodes, node_ids, kube_stack.ENDPOINTS_TYPE)
         return {
-            "all_acked_ms": elapsed * 1000,
-            "first_acked_ms": (elapsed if first is None else first) * 1000,
+            "all_acked_ms": max(acked) * 1000,
+            "first_acked_ms": min(acked) * 1000,
+            "clusters_acked_ms": max(t.acked_at - written for t in clusters) * 1000,
+            "endpoints_acked_ms": max(t.acked_at - written for t in endpoints) * 1000,
+            "first_sent_ms": min(sent) * 1000,
+            "last_sent_ms": max(sent) * 1000,
             "cp_cpu_ms_per_push": max(cpu, 0.0) * 1000,
             "cp_cpu_ms_per_envoy": max(cpu, 0.0) * 1000 / self.envoys,
+            "envoys_cpu_ms_per_push": envoys_cpu * 1000,
             "polls": polls,
         }
+
+
+def _times_since(
+    written: float, nodes: list[admin_pb2.Node], node_ids: set[str], type_url: str
+) -> list[kube_stack.TypeTimes]:
+    """Each Envoy's send and ACK times of `type_url`, checked to be this push's."""
+    found = [
+        t for node_id, t in kube_stack.type_times(nodes, type_url).items() if node_id in node_ids
+    ]
+    if len(found) != len(node_ids) or any(
+        t.sent_at < written or t.acked_at < t.sent_at for t in found
+    ):
+        raise RuntimeError(f"{type_url}: not sent and ACKed after the write ({written}): {found}")
+    return found
 
 
 def _service_objects(index: int) -> list[tuple[str, Mapping[str, Any]]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from bench import control_plane, envoy
 from bench.kube import LocalApiServer
@@ -25,6 +26,8 @@ from xds_ingress.bootstrap import render_bootstrap
 
 NODE_CLUSTER: Final = "bench"
 ROUTES_TYPE: Final = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTERS_TYPE: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINTS_TYPE: Final = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
 def start_control_plane(
@@ -70,12 +73,52 @@ def start_envoy(
     return RunningEnvoy(process=process, admin_port=admin, node_id=node_id)
 
 
-def list_nodes(admin_port: int) -> list[admin_pb2.Node]:
-    with grpc.insecure_channel(f"{LOOPBACK}:{admin_port}") as channel:
-        reply: admin_pb2.ListNodesResponse = admin_pb2_grpc.AdminStub(channel).ListNodes(
+class AdminClient:
+    """One channel to the control plane's admin API, kept open for a whole case.
+
+    A channel per call would add a TCP and HTTP/2 handshake to every poll,
+    on the same event loop that is pushing the change being timed.
+    """
+
+    def __init__(self, admin_port: int) -> None:
+        self._channel = grpc.insecure_channel(f"{LOOPBACK}:{admin_port}")
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+
+    def list_nodes(self) -> list[admin_pb2.Node]:
+        reply: admin_pb2.ListNodesResponse = self._stub.ListNodes(
             admin_pb2.ListNodesRequest(), timeout=5.0
         )
-    return list(reply.nodes)
+        return list(reply.nodes)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@dataclass(frozen=True)
+class TypeTimes:
+    """When one Envoy was sent its current version of a type, and ACKed it (time.time())."""
+
+    version: str
+    sent_at: float
+    acked_at: float
+
+
+def _seconds(stamp: timestamp_pb2.Timestamp) -> float:
+    return float(stamp.seconds + stamp.nanos / 1e9)
+
+
+def type_times(nodes: list[admin_pb2.Node], type_url: str = ROUTES_TYPE) -> Mapping[str, TypeTimes]:
+    """node id → its ACKed version of `type_url` and the control plane's send and ACK times."""
+    return {
+        node.node_id: TypeTimes(
+            version=status.acked_version,
+            sent_at=_seconds(status.sent_at),
+            acked_at=_seconds(status.acked_at),
+        )
+        for node in nodes
+        for status in node.types
+        if status.type_url == type_url
+    }
 
 
 def all_acked(nodes: list[admin_pb2.Node], node_ids: set[str], *, not_version: str) -> bool:
@@ -104,12 +147,12 @@ def routes_versions(nodes: list[admin_pb2.Node]) -> Mapping[str, str]:
 
 
 def wait_nodes_acked(
-    admin_port: int, node_ids: set[str], *, within_seconds: float, server: Child
+    admin: AdminClient, node_ids: set[str], *, within_seconds: float, server: Child
 ) -> None:
     """Until every node is connected with routes and has ACKed all it was sent."""
     deadline = time.monotonic() + within_seconds
     while True:
-        nodes = list_nodes(admin_port)
+        nodes = admin.list_nodes()
         versions = routes_versions(nodes)
         if set(versions) >= node_ids and all(versions[n] for n in node_ids):
             if all_acked(nodes, node_ids, not_version=""):

@@ -49,6 +49,10 @@ def _type_status(status: TypeStatus) -> admin_pb2.TypeStatus:
     )
     if status.last_nack is not None:
         message.last_nack.CopyFrom(_nack(status.last_nack))
+    if status.sent_at:
+        message.sent_at.CopyFrom(timestamp(status.sent_at))
+    if status.acked_at:
+        message.acked_at.CopyFrom(timestamp(status.acked_at))
     return message
 
 

@@ -56,6 +56,11 @@ class TypeStatus:
     # wildcard) may have changed, so per-push bookkeeping over those names
     # (the warming gate) can tell it has nothing new to look at.
     names_generation: int = 0
+    # time.time() the response with `sent_nonce` was handed to gRPC, and the
+    # Envoy's ACK of that very response was read (0.0: not yet). Wall clock,
+    # so a client on the same machine can time a push from its own write.
+    sent_at: float = 0.0
+    acked_at: float = 0.0
 
 
 @dataclass

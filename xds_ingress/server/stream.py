@@ -153,8 +153,10 @@ class XdsStream(abc.ABC, Generic[Request]):
         """A response of `type_url` built from `snapshot` has been handed to gRPC."""
         now = time.monotonic()
         kind = self._status.kind
+        status = self._status.of_type(type_url)
+        status.sent_at = time.time()
         times = self._sent_at.setdefault(type_url, {})
-        times[self._status.of_type(type_url).sent_nonce] = now
+        times[status.sent_nonce] = now
         # Envoy answers every response, but bound the bookkeeping anyway.
         while len(times) > _SENT_TIMES_KEPT:
             del times[next(iter(times))]
@@ -193,6 +195,9 @@ class XdsStream(abc.ABC, Generic[Request]):
         sent_at = self._sent_at.get(type_url, {}).pop(nonce, None)
         if not acked:
             return
+        status = self._status.of_type(type_url)
+        if nonce == status.sent_nonce:
+            status.acked_at = time.time()
         self._acked_once.add(type_url)
         self._context.metrics.acked(type_url, self._status.kind)
         if sent_at is not None:

@@ -26,15 +26,15 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xds_ingress/admin/v1/admin.proto\x12\x14xds_ingress.admin.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10ListNodesRequest\">\n\x11ListNodesResponse\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.xds_ingress.admin.v1.Node\"\xe8\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cnode_cluster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x35\n\x0bstream_kind\x18\x04 \x01(\x0e\x32 .xds_ingress.admin.v1.StreamKind\x12\x30\n\x0c\x63onnected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x05types\x18\x06 \x03(\x0b\x32 .xds_ingress.admin.v1.TypeStatus\x12\x11\n\tstream_id\x18\x07 \x01(\x04\"\xd0\x01\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0csent_version\x18\x02 \x01(\t\x12\x15\n\racked_version\x18\x03 \x01(\t\x12-\n\tlast_nack\x18\x04 \x01(\x0b\x32\x1a.xds_ingress.admin.v1.Nack\x12\x10\n\x08wildcard\x18\x05 \x01(\x08\x12\x16\n\x0eresources_sent\x18\x06 \x01(\r\x12\x17\n\x0fresources_acked\x18\x07 \x01(\r\x12\x11\n\theld_back\x18\x08 \x03(\t\"f\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eresource_names\x18\x04 \x03(\t\"L\n\x12GetSnapshotRequest\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\ttype_urls\x18\x03 \x03(\t\"n\n\x13GetSnapshotResponse\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x32\n\x05types\x18\x03 \x03(\x0b\x32#.xds_ingress.admin.v1.TypeResources\"m\n\rTypeResources\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x39\n\tresources\x18\x03 \x03(\x0b\x32&.xds_ingress.admin.v1.SnapshotResource\"Y\n\x10SnapshotResource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x08resource\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"?\n\x15WatchSnapshotsRequest\x12\x17\n\nnode_group\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_node_group\"\xc8\x01\n\rSnapshotEvent\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12+\n\x07seen_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10versions_skipped\x18\x05 \x01(\r\x12\x31\n\x07\x63hanges\x18\x06 \x03(\x0b\x32 .xds_ingress.admin.v1.TypeChange\"`\n\nTypeChange\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x04 \x03(\t\x12\x0f\n\x07removed\x18\x05 \x03(\t\"O\n\x15ListConditionsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x15\n\rproblems_only\x18\x03 \x01(\x08\"M\n\x16ListConditionsResponse\x12\x33\n\nconditions\x18\x01 \x03(\x0b\x32\x1f.xds_ingress.admin.v1.Condition\"J\n\tObjectRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xb0\x01\n\tCondition\x12/\n\x06object\x18\x01 \x01(\x0b\x32\x1f.xds_ingress.admin.v1.ObjectRef\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x33\n\nrejections\x18\x06 \x03(\x0b\x32\x1f.xds_ingress.admin.v1.Rejection\"y\n\tRejection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nnode_group\x18\x02 \x01(\t\x12\x10\n\x08type_url\x18\x03 \x01(\t\x12\x15\n\rresource_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t*V\n\nStreamKind\x12\x1b\n\x17STREAM_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10STREAM_KIND_SOTW\x10\x01\x12\x15\n\x11STREAM_KIND_DELTA\x10\x02\x32\x9c\x03\n\x05\x41\x64min\x12\\\n\tListNodes\x12&.xds_ingress.admin.v1.ListNodesRequest\x1a\'.xds_ingress.admin.v1.ListNodesResponse\x12\x62\n\x0bGetSnapshot\x12(.xds_ingress.admin.v1.GetSnapshotRequest\x1a).xds_ingress.admin.v1.GetSnapshotResponse\x12\x64\n\x0eWatchSnapshots\x12+.xds_ingress.admin.v1.WatchSnapshotsRequest\x1a#.xds_ingress.admin.v1.SnapshotEvent0\x01\x12k\n\x0eListConditions\x12+.xds_ingress.admin.v1.ListConditionsRequest\x1a,.xds_ingress.admin.v1.ListConditionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xds_ingress/admin/v1/admin.proto\x12\x14xds_ingress.admin.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10ListNodesRequest\">\n\x11ListNodesResponse\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.xds_ingress.admin.v1.Node\"\xe8\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cnode_cluster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x35\n\x0bstream_kind\x18\x04 \x01(\x0e\x32 .xds_ingress.admin.v1.StreamKind\x12\x30\n\x0c\x63onnected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x05types\x18\x06 \x03(\x0b\x32 .xds_ingress.admin.v1.TypeStatus\x12\x11\n\tstream_id\x18\x07 \x01(\x04\"\xab\x02\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0csent_version\x18\x02 \x01(\t\x12\x15\n\racked_version\x18\x03 \x01(\t\x12-\n\tlast_nack\x18\x04 \x01(\x0b\x32\x1a.xds_ingress.admin.v1.Nack\x12\x10\n\x08wildcard\x18\x05 \x01(\x08\x12\x16\n\x0eresources_sent\x18\x06 \x01(\r\x12\x17\n\x0fresources_acked\x18\x07 \x01(\r\x12\x11\n\theld_back\x18\x08 \x03(\t\x12+\n\x07sent_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x61\x63ked_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eresource_names\x18\x04 \x03(\t\"L\n\x12GetSnapshotRequest\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\ttype_urls\x18\x03 \x03(\t\"n\n\x13GetSnapshotResponse\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x32\n\x05types\x18\x03 \x03(\x0b\x32#.xds_ingress.admin.v1.TypeResources\"m\n\rTypeResources\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x39\n\tresources\x18\x03 \x03(\x0b\x32&.xds_ingress.admin.v1.SnapshotResource\"Y\n\x10SnapshotResource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x08resource\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"?\n\x15WatchSnapshotsRequest\x12\x17\n\nnode_group\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_node_group\"\xc8\x01\n\rSnapshotEvent\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12+\n\x07seen_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10versions_skipped\x18\x05 \x01(\r\x12\x31\n\x07\x63hanges\x18\x06 \x03(\x0b\x32 .xds_ingress.admin.v1.TypeChange\"`\n\nTypeChange\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x04 \x03(\t\x12\x0f\n\x07removed\x18\x05 \x03(\t\"O\n\x15ListConditionsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x15\n\rproblems_only\x18\x03 \x01(\x08\"M\n\x16ListConditionsResponse\x12\x33\n\nconditions\x18\x01 \x03(\x0b\x32\x1f.xds_ingress.admin.v1.Condition\"J\n\tObjectRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xb0\x01\n\tCondition\x12/\n\x06object\x18\x01 \x01(\x0b\x32\x1f.xds_ingress.admin.v1.ObjectRef\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x33\n\nrejections\x18\x06 \x03(\x0b\x32\x1f.xds_ingress.admin.v1.Rejection\"y\n\tRejection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nnode_group\x18\x02 \x01(\t\x12\x10\n\x08type_url\x18\x03 \x01(\t\x12\x15\n\rresource_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t*V\n\nStreamKind\x12\x1b\n\x17STREAM_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10STREAM_KIND_SOTW\x10\x01\x12\x15\n\x11STREAM_KIND_DELTA\x10\x02\x32\x9c\x03\n\x05\x41\x64min\x12\\\n\tListNodes\x12&.xds_ingress.admin.v1.ListNodesRequest\x1a\'.xds_ingress.admin.v1.ListNodesResponse\x12\x62\n\x0bGetSnapshot\x12(.xds_ingress.admin.v1.GetSnapshotRequest\x1a).xds_ingress.admin.v1.GetSnapshotResponse\x12\x64\n\x0eWatchSnapshots\x12+.xds_ingress.admin.v1.WatchSnapshotsRequest\x1a#.xds_ingress.admin.v1.SnapshotEvent0\x01\x12k\n\x0eListConditions\x12+.xds_ingress.admin.v1.ListConditionsRequest\x1a,.xds_ingress.admin.v1.ListConditionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xds_ingress.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMKIND']._serialized_start=2048
-  _globals['_STREAMKIND']._serialized_end=2134
+  _globals['_STREAMKIND']._serialized_start=2139
+  _globals['_STREAMKIND']._serialized_end=2225
   _globals['_LISTNODESREQUEST']._serialized_start=118
   _globals['_LISTNODESREQUEST']._serialized_end=136
   _globals['_LISTNODESRESPONSE']._serialized_start=138
@@ -42,33 +42,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODE']._serialized_start=203
   _globals['_NODE']._serialized_end=435
   _globals['_TYPESTATUS']._serialized_start=438
-  _globals['_TYPESTATUS']._serialized_end=646
-  _globals['_NACK']._serialized_start=648
-  _globals['_NACK']._serialized_end=750
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=752
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=828
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=830
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=940
-  _globals['_TYPERESOURCES']._serialized_start=942
-  _globals['_TYPERESOURCES']._serialized_end=1051
-  _globals['_SNAPSHOTRESOURCE']._serialized_start=1053
-  _globals['_SNAPSHOTRESOURCE']._serialized_end=1142
-  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_start=1144
-  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_end=1207
-  _globals['_SNAPSHOTEVENT']._serialized_start=1210
-  _globals['_SNAPSHOTEVENT']._serialized_end=1410
-  _globals['_TYPECHANGE']._serialized_start=1412
-  _globals['_TYPECHANGE']._serialized_end=1508
-  _globals['_LISTCONDITIONSREQUEST']._serialized_start=1510
-  _globals['_LISTCONDITIONSREQUEST']._serialized_end=1589
-  _globals['_LISTCONDITIONSRESPONSE']._serialized_start=1591
-  _globals['_LISTCONDITIONSRESPONSE']._serialized_end=1668
-  _globals['_OBJECTREF']._serialized_start=1670
-  _globals['_OBJECTREF']._serialized_end=1744
-  _globals['_CONDITION']._serialized_start=1747
-  _globals['_CONDITION']._serialized_end=1923
-  _globals['_REJECTION']._serialized_start=1925
-  _globals['_REJECTION']._serialized_end=2046
-  _globals['_ADMIN']._serialized_start=2137
-  _globals['_ADMIN']._serialized_end=2549
+  _globals['_TYPESTATUS']._serialized_end=737
+  _globals['_NACK']._serialized_start=739
+  _globals['_NACK']._serialized_end=841
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=843
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=919
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=921
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=1031
+  _globals['_TYPERESOURCES']._serialized_start=1033
+  _globals['_TYPERESOURCES']._serialized_end=1142
+  _globals['_SNAPSHOTRESOURCE']._serialized_start=1144
+  _globals['_SNAPSHOTRESOURCE']._serialized_end=1233
+  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_start=1235
+  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_end=1298
+  _globals['_SNAPSHOTEVENT']._serialized_start=1301
+  _globals['_SNAPSHOTEVENT']._serialized_end=1501
+  _globals['_TYPECHANGE']._serialized_start=1503
+  _globals['_TYPECHANGE']._serialized_end=1599
+  _globals['_LISTCONDITIONSREQUEST']._serialized_start=1601
+  _globals['_LISTCONDITIONSREQUEST']._serialized_end=1680
+  _globals['_LISTCONDITIONSRESPONSE']._serialized_start=1682
+  _globals['_LISTCONDITIONSRESPONSE']._serialized_end=1759
+  _globals['_OBJECTREF']._serialized_start=1761
+  _globals['_OBJECTREF']._serialized_end=1835
+  _globals['_CONDITION']._serialized_start=1838
+  _globals['_CONDITION']._serialized_end=2014
+  _globals['_REJECTION']._serialized_start=2016
+  _globals['_REJECTION']._serialized_end=2137
+  _globals['_ADMIN']._serialized_start=2228
+  _globals['_ADMIN']._serialized_end=2640
 # @@protoc_insertion_point(module_scope)

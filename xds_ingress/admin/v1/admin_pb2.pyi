@@ -49,7 +49,7 @@ class Node(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., peer: _Optional[str] = ..., stream_kind: _Optional[_Union[StreamKind, str]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., stream_id: _Optional[int] = ...) -> None: ...
 
 class TypeStatus(_message.Message):
-    __slots__ = ("type_url", "sent_version", "acked_version", "last_nack", "wildcard", "resources_sent", "resources_acked", "held_back")
+    __slots__ = ("type_url", "sent_version", "acked_version", "last_nack", "wildcard", "resources_sent", "resources_acked", "held_back", "sent_at", "acked_at")
     TYPE_URL_FIELD_NUMBER: _ClassVar[int]
     SENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class TypeStatus(_message.Message):
     RESOURCES_SENT_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_ACKED_FIELD_NUMBER: _ClassVar[int]
     HELD_BACK_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    ACKED_AT_FIELD_NUMBER: _ClassVar[int]
     type_url: str
     sent_version: str
     acked_version: str
@@ -66,7 +68,9 @@ class TypeStatus(_message.Message):
     resources_sent: int
     resources_acked: int
     held_back: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, type_url: _Optional[str] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., last_nack: _Optional[_Union[Nack, _Mapping]] = ..., wildcard: _Optional[bool] = ..., resources_sent: _Optional[int] = ..., resources_acked: _Optional[int] = ..., held_back: _Optional[_Iterable[str]] = ...) -> None: ...
+    sent_at: _timestamp_pb2.Timestamp
+    acked_at: _timestamp_pb2.Timestamp
+    def __init__(self, type_url: _Optional[str] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., last_nack: _Optional[_Union[Nack, _Mapping]] = ..., wildcard: _Optional[bool] = ..., resources_sent: _Optional[int] = ..., resources_acked: _Optional[int] = ..., held_back: _Optional[_Iterable[str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Nack(_message.Message):
     __slots__ = ("version", "error", "at", "resource_names")
