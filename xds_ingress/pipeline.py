@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from xds_ingress import ir
+from xds_ingress import gc_pause, ir
 from xds_ingress.cache import (
     InconsistentSnapshotError,
     Snapshot,
@@ -73,8 +73,8 @@ class Pipeline:
         freeze_heap: bool = True,
     ) -> None:
         self._translate = translate
-        # gc.freeze() after the first build (see run); process-wide, so a
-        # caller that owns the process may turn it off.
+        # gc.freeze() after the first read and the first build (see run);
+        # process-wide, so a caller that owns the process may turn it off.
         self._freeze_heap = freeze_heap
         # The EndpointSlice fast path (None: every change translates in full).
         self._refresh_endpoints = refresh_endpoints
@@ -129,16 +129,18 @@ class Pipeline:
         self._changed.clear()
         self._first_change = None
         self._take_pending()
-        self.rebuild()
-        self._built_at = time.monotonic()
+        # What the first read and the first build leave (the store, the IR,
+        # the snapshot) lives as long as the process, and at 10k Services a
+        # full collection walking it stalls the event loop, and every push,
+        # for 0.2-0.4 s (measured); the first ones, right after the read and
+        # the build, held the first publish up by about a second. Frozen,
+        # the collector only walks what was made since; frozen objects that
+        # die are still freed by reference counting (they make no cycles).
         if self._freeze_heap:
-            # What the first build leaves (the store, the IR, the snapshot)
-            # lives as long as the process, and at 10k Services a full
-            # collection walking it stalls the event loop, and every push,
-            # for 0.2-0.4 s (measured). Frozen, the collector only walks
-            # what was made since; frozen objects that die are still freed
-            # by reference counting (they make no cycles).
-            gc.freeze()
+            gc.freeze()  # the store as read
+        with gc_pause.paused(freeze=self._freeze_heap):
+            self.rebuild()
+        self._built_at = time.monotonic()
         while True:
             await self._changed.wait()
             await self._hold_off()
@@ -178,6 +180,14 @@ class Pipeline:
         return min(self._debounce.holdoff_seconds, self._debounce.endpoint_holdoff_seconds)
 
     def rebuild(self) -> None:
+        # Translating, building and serialising make no garbage cycles; the
+        # stages pause the collector themselves, and this pause spans the
+        # steps between them too (at 10k Services one collection there cost
+        # a second).
+        with gc_pause.paused():
+            self._rebuild()
+
+    def _rebuild(self) -> None:
         started = time.perf_counter()
         self.report.builds += 1
         try:

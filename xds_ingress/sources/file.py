@@ -22,8 +22,10 @@ small fraction of one core.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -74,11 +76,21 @@ class FileSource:
     """
 
     def __init__(
-        self, directory: Path | str, *, poll_interval: float = 0.25, workers: int | None = None
+        self,
+        directory: Path | str,
+        *,
+        poll_interval: float = 0.25,
+        workers: int | None = None,
+        freeze_heap: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.poll_interval = poll_interval
         self.workers = workers if workers is not None else _usable_cpus()
+        # gc.freeze() after the first read (see scan); process-wide, so a
+        # caller that owns the process may turn it off.
+        self._freeze_heap = freeze_heap
+        # The first read, when started before `run` (start_first_read).
+        self._first_read: concurrent.futures.Future[tuple[KubeObject, ...] | None] | None = None
         self.synced = asyncio.Event()
         self._files: dict[str, _FileState] = {}
         self._scanned = False
@@ -96,15 +108,43 @@ class FileSource:
 
         Runs until cancelled.
         """
+        first_read, self._first_read = self._first_read, None
         while True:
-            # Reading files blocks; keep it off the event loop.
-            objects = await asyncio.to_thread(self.scan)
+            if first_read is not None:
+                objects = await asyncio.wrap_future(first_read)
+                first_read = None
+            else:
+                # Reading files blocks; keep it off the event loop.
+                objects = await asyncio.to_thread(self.scan)
             if objects is not None:
                 sink.replace_all(objects, origin=self.origin)
             if not self.synced.is_set():
                 self.synced.set()
                 log.info("read %d objects from %s", len(objects or ()), self.directory)
             await asyncio.sleep(max(self.poll_interval, self._stat_seconds * POLL_COST_FACTOR))
+
+    def start_first_read(self) -> None:
+        """Start the first read now, on a thread of its own; `run` publishes it.
+
+        A cold start's read is most of its time and needs nothing but the
+        folder: started before the program has loaded the rest of itself
+        and opened its ports, the workers parse meanwhile.
+        """
+        if self._first_read is not None or self._scanned:
+            return
+        future: concurrent.futures.Future[tuple[KubeObject, ...] | None] = (
+            concurrent.futures.Future()
+        )
+
+        def read() -> None:
+            try:
+                future.set_result(self.scan())
+            except BaseException as error:  # handed to run(), which raises it
+                future.set_exception(error)
+
+        # A daemon: a program that fails to start must not wait for the read.
+        threading.Thread(target=read, name="file-source-first-read", daemon=True).start()
+        self._first_read = future
 
     def scan(self) -> tuple[KubeObject, ...] | None:
         """Poll once: the complete object set if anything changed, else None.
@@ -123,19 +163,19 @@ class FileSource:
                 files[path] = known
             else:
                 to_read.append(path)
-        if to_read:
-            changed = True
-            # Reading makes objects that stay (no garbage cycles); at 10k
-            # files the collector's passes over them were most of the
-            # reading thread's time.
-            with gc_pause.paused():
-                for path, items in read_many(to_read, workers=self.workers):
-                    files[path] = _FileState(stat=stats[path], objects=_located(path, items))
-        self._files = files
-        self._scanned = True
-        if not changed:
+        if not to_read and not changed:
+            self._files = files
             return None
-        return self._merge()
+        # Reading makes objects that stay (no garbage cycles); at 10k files
+        # the collector's passes over them were most of the reading
+        # thread's time. Those of the first read live as long as the
+        # process: frozen, no pass walks them afterwards either.
+        with gc_pause.paused(freeze=self._freeze_heap and not self._scanned):
+            for path, items in read_many(to_read, workers=self.workers):
+                files[path] = _FileState(stat=stats[path], objects=_located(path, items))
+            self._files = files
+            self._scanned = True
+            return self._merge()
 
     def _stat_files(self) -> dict[str, _Stat]:
         problem = None
@@ -223,7 +263,8 @@ def _located(path: str, items: tuple[Item, ...]) -> tuple[_Located, ...]:
 def _objects(where: str, document: object, *, source: str) -> Iterator[_Located]:
     if isinstance(document, Mapping) and document.get("kind") == "List":
         items = document.get("items")
-        if not isinstance(items, list):
+        # A tuple when a worker process froze the document (file_parse).
+        if not isinstance(items, list | tuple):
             log.warning("%s: List has no items list; ignored", where)
             return
         for index, item in enumerate(items, start=1):

@@ -23,12 +23,16 @@ import multiprocessing
 import os
 import re
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from xds_ingress.sources.objects import freeze
 
 log = logging.getLogger(__name__)
 
@@ -169,27 +173,51 @@ def _read_in_pool(paths: Sequence[str], *, workers: int) -> Iterator[tuple[str, 
 
 
 def read_files(paths: Sequence[str]) -> list[tuple[Item, ...]]:
-    """read_file of each path: one task of a worker process."""
+    """read_file of each path, documents frozen: one task of a worker process.
+
+    Freezing every value of 30k objects (as KubeObject keeps them) was a
+    second of the parent's time at a cold start, on top of the workers'.
+    Built frozen here it costs the workers about 0.6 s of CPU between them,
+    nearly all of it sending the read-only mappings back (see
+    _reduce_proxy), and the parent nothing but unpickling them.
+    """
     # Parsing allocates millions of objects and frees none in cycles; the
     # collector's passes over them cost a fifth of the parse for nothing.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return [read_file(path) for path in paths]
+        return [read_file(path, frozen=True) for path in paths]
     finally:
         if enabled:
             gc.enable()
 
 
-def read_file(path: str) -> tuple[Item, ...]:
+def _proxy(mapping: dict[str, Any]) -> MappingProxyType[str, Any]:
+    return MappingProxyType(mapping)
+
+
+def _reduce_proxy(
+    proxy: MappingProxyType[str, Any],
+) -> tuple[Callable[[dict[str, Any]], MappingProxyType[str, Any]], tuple[dict[str, Any]]]:
+    # A mappingproxy cannot be pickled by name (builtins has none); sent as
+    # its dict and wrapped again by the unpickler, in C, with no walk.
+    return _proxy, (dict(proxy),)
+
+
+# The pool sends results with multiprocessing's pickler; only it learns this.
+ForkingPickler.register(MappingProxyType, _reduce_proxy)
+
+
+def read_file(path: str, *, frozen: bool = False) -> tuple[Item, ...]:
+    """The documents and problems of one file; `frozen`: documents as objects.freeze makes them."""
     try:
-        return tuple(_read_file(path))
+        return tuple(_read_file(path, frozen=frozen))
     except Exception:
         # A bug on one odd file must not stop the folder being watched.
         return (Failure(traceback.format_exc()),)
 
 
-def _read_file(path: str) -> Iterator[Item]:
+def _read_file(path: str, *, frozen: bool) -> Iterator[Item]:
     try:
         with open(path, "rb") as file:
             data = file.read()
@@ -201,20 +229,21 @@ def _read_file(path: str) -> Iterator[Item]:
         # What reading in text mode (universal newlines) did: line numbers
         # in messages count lines the way an editor does.
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    yield from _documents(path, text)
+    yield from _documents(path, text, frozen=frozen)
 
 
-def _documents(path: str, text: str) -> Iterator[Item]:
+def _documents(path: str, text: str, *, frozen: bool) -> Iterator[Item]:
     if path.endswith(".json"):
         try:
-            yield Document(path, json.loads(text))
+            document = json.loads(text)
+            yield Document(path, _frozen(document) if frozen else document)
         except (ValueError, RecursionError) as error:
             yield Problem(f"{path}: malformed JSON: {error}; file ignored")
         return
     for index, (first_line, chunk) in enumerate(_split_documents(text), start=1):
         where = f"{path}: document {index} (line {first_line})"
         try:
-            document = load_yaml(chunk)
+            document = load_yaml(chunk, frozen=frozen)
         except (yaml.YAMLError, RecursionError) as error:
             problem = _yaml_problem(error, first_line)
             yield Problem(f"{where}: malformed YAML: {problem}; document ignored")
@@ -290,7 +319,7 @@ def _yaml_problem(error: Exception, first_line: int) -> str:
     return str(error)
 
 
-def load_yaml(text: str) -> Any:
+def load_yaml(text: str, *, frozen: bool = False) -> Any:
     """yaml.load(text, Loader=_Loader), with the same result, about twice as fast.
 
     PyYAML's constructor is pure Python even over libyaml, and costs more
@@ -298,6 +327,9 @@ def load_yaml(text: str) -> Any:
     YAML is plain maps, lists and scalars, so those are built here directly;
     anything else (anchors used twice, merge keys, non-string keys, explicit
     tags) goes to PyYAML's own constructor, which is the definition of right.
+
+    `frozen`: the result as objects.freeze would make it (read-only
+    mappings, tuples), built so rather than copied afterwards.
     """
     loader = _Loader(text)
     try:
@@ -305,12 +337,22 @@ def load_yaml(text: str) -> Any:
         if node is None:
             return None
         try:
-            return _Constructor(loader).construct(node)
+            return _Constructor(loader, frozen=frozen).construct(node)
         except (_Unusual, yaml.YAMLError, RecursionError):
             pass  # PyYAML says exactly what is wrong, or builds what is unusual
     finally:
         loader.dispose()
-    return yaml.load(text, Loader=_Loader)
+    document = yaml.load(text, Loader=_Loader)
+    return _frozen(document) if frozen else document
+
+
+def _frozen(document: Any) -> Any:
+    try:
+        return freeze(document)
+    except RecursionError:
+        # Anchors that make a document contain itself: KubeObject fails to
+        # freeze it again, and the file source says why.
+        return document
 
 
 _BOOL_VALUES = yaml.constructor.SafeConstructor.bool_values
@@ -321,8 +363,9 @@ class _Unusual(Exception):
 
 
 class _Constructor:
-    def __init__(self, loader: yaml.SafeLoader) -> None:
+    def __init__(self, loader: yaml.SafeLoader, *, frozen: bool) -> None:
         self._loader = loader
+        self._frozen = frozen
         # Collections seen: one seen twice is an alias, which PyYAML shares
         # (or makes recursive); leave that to it.
         self._seen: set[int] = set()
@@ -351,7 +394,8 @@ class _Constructor:
                 if key.__class__ is not ScalarNode or key.tag != _STR:
                     raise _Unusual  # merge keys, numbers, nulls, collections as keys
                 mapping[key.value] = self.construct(value_node)
-            return mapping
+            return MappingProxyType(mapping) if self._frozen else mapping
         if kind is SequenceNode and tag == _SEQ:
-            return [self.construct(item) for item in node.value]
+            items = [self.construct(item) for item in node.value]
+            return tuple(items) if self._frozen else items
         raise _Unusual

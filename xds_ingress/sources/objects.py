@@ -195,4 +195,7 @@ def parse_object(document: object, *, source: str = "") -> KubeObject:
 
 
 def _type_name(value: object) -> str:
-    return "nothing" if value is None else type(value).__name__
+    if value is None:
+        return "nothing"
+    # A frozen list (file_parse builds documents frozen): named as written.
+    return "list" if isinstance(value, tuple) else type(value).__name__

@@ -9,6 +9,7 @@ rollout under load then fails no call); any other endpoint is left out.
 from __future__ import annotations
 
 import ipaddress
+import operator
 import socket
 from collections.abc import Mapping
 
@@ -197,8 +198,9 @@ class BackendResolver:
         return found
 
 
-def _endpoint_order(endpoint: ir.Endpoint) -> tuple[str, int, str]:
-    return endpoint.address, endpoint.port, endpoint.health
+# (address, port, health), made in C: a Python key function was called
+# 100k times at 10k Services.
+_endpoint_order = operator.attrgetter("address", "port", "health")
 
 
 def _health(conditions: Mapping[str, object]) -> ir.EndpointHealth | None:
