@@ -87,6 +87,57 @@ def test_an_update_equal_to_what_is_stored_announces_nothing() -> None:
     assert len(changes.changes) == 1
 
 
+def ingress_with(
+    *, status: str, resource_version: str, generation: int = 1, host: str = "a.example.com"
+) -> KubeObject:
+    return parse_object(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {
+                "name": "web",
+                "generation": generation,
+                "resourceVersion": resource_version,
+                "managedFields": [{"manager": f"writer-{resource_version}"}],
+            },
+            "spec": {"rules": [{"host": host}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": status}]}},
+        }
+    )
+
+
+def test_a_status_write_coming_back_costs_no_rebuild_but_is_seen() -> None:
+    """Our own status writes return through the watch: no change, a fresh copy."""
+    store = Store()
+    store.apply(ingress_with(status="10.0.0.1", resource_version="1"), origin="k8s")
+    changes = Recorder(store)
+    written = ingress_with(status="10.0.0.2", resource_version="2")
+    store.apply(written, origin="k8s")
+    assert changes.changes == []
+    found = store.view().get("Ingress", "default", "web")
+    # The status writer compares against this copy and patches with its resourceVersion.
+    assert found is not None and found.body == written.body
+
+    store.apply(ingress_with(status="10.0.0.2", resource_version="3", generation=2), origin="k8s")
+    store.apply(
+        ingress_with(status="10.0.0.2", resource_version="4", generation=2, host="b.example.com"),
+        origin="k8s",
+    )
+    assert changes.kinds() == [{"Ingress"}, {"Ingress"}]
+
+
+def test_a_status_change_of_a_kind_translation_reads_is_a_change() -> None:
+    """The publish Service's status.loadBalancer gives the Ingresses their addresses."""
+    store = Store()
+    store.apply(service("envoy"), origin="k8s")
+    changes = Recorder(store)
+    with_address = parse_object(
+        {**service("envoy").body, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}}
+    )
+    store.apply(with_address, origin="k8s")
+    assert changes.kinds() == [{"Service"}]
+
+
 def test_an_equal_object_from_another_file_keeps_the_new_source() -> None:
     store = Store()
     first = parse_object(service("a").body, source="one.yaml")

@@ -11,6 +11,14 @@ Of a Namespace only the name and labels are kept: they are all translation
 reads (Gateway listeners' allowedRoutes selectors), a cluster may have
 thousands, and a Namespace whose status or annotations change is then equal
 to the stored one, so it costs no rebuild.
+
+The kinds whose status we write (Ingress and the Gateway API kinds) come
+back from the watch after every status write. Translation reads none of
+their status, so an update that differs only in status (and the
+resourceVersion and managedFields that come with it) replaces the stored
+copy, which the status writer compares against, but tells no subscriber:
+otherwise every status write would cost a full rebuild, and hold the next
+real change back by the holdoff.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from typing import Any
 from xds_ingress.sources.objects import (
     ENDPOINT_SLICE,
     GATEWAY,
+    GATEWAY_CLASS,
+    GRPC_ROUTE,
+    HTTP_ROUTE,
     INGRESS,
     NAMESPACE,
     SECRET,
@@ -35,6 +46,11 @@ from xds_ingress.sources.objects import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+# The kinds whose status we write, and translation never reads.
+STATUS_WRITTEN_KINDS = frozenset({INGRESS, GATEWAY_CLASS, GATEWAY, GRPC_ROUTE, HTTP_ROUTE})
+# What a status write changes besides `status`.
+_WRITE_METADATA = frozenset({"resourceVersion", "managedFields"})
 
 # (namespace, name) of the object an index entry points at.
 NamespacedName = tuple[str, str]
@@ -200,6 +216,10 @@ class Store:
             if old.source != obj.source:
                 self._view = None
             return False
+        if old is not None and _differ_in_status_only(old, obj):
+            self._objects[obj.key] = obj
+            self._view = None
+            return False
         if old is not None:
             self._unindex(old)
         self._objects[obj.key] = obj
@@ -280,6 +300,22 @@ def _discard(
         index[at] = remaining
     else:
         index.pop(at, None)
+
+
+def _differ_in_status_only(old: KubeObject, new: KubeObject) -> bool:
+    return (
+        new.kind in STATUS_WRITTEN_KINDS
+        and old.api_version == new.api_version
+        and _without_status(old.body) == _without_status(new.body)
+    )
+
+
+def _without_status(body: Mapping[str, Any]) -> dict[str, Any]:
+    rest = {key: value for key, value in body.items() if key != "status"}
+    metadata = body.get("metadata")
+    if isinstance(metadata, Mapping):
+        rest["metadata"] = {k: v for k, v in metadata.items() if k not in _WRITE_METADATA}
+    return rest
 
 
 def _name_and_labels(namespace: KubeObject) -> KubeObject:
