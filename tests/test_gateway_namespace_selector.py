@@ -231,12 +231,8 @@ def test_from_selector_without_a_selector_takes_no_routes() -> None:
     assert NOT_ALLOWED in conditions(translation, "r")
 
 
-def test_relabelling_a_namespace_moves_its_routes() -> None:
-    """One store, as the sources feed it: a label change rebuilds, and the route follows."""
-    store = Store()
-    changes: list[Change] = []
-    store.subscribe(changes.append)
-    settings = ListenerSettings(listen_address="127.0.0.1", http_port=8080, https_port=8443)
+def fill_with_a_selected_route(store: Store) -> None:
+    """A Gateway selecting namespaces labelled gateway=shared; team-a is, with a route."""
     store.replace_all(
         [
             parse_object(body)
@@ -250,6 +246,15 @@ def test_relabelling_a_namespace_moves_its_routes() -> None:
         ],
         origin="test",
     )
+
+
+def test_relabelling_a_namespace_moves_its_routes() -> None:
+    """One store, as the sources feed it: a label change rebuilds, and the route follows."""
+    store = Store()
+    changes: list[Change] = []
+    store.subscribe(changes.append)
+    settings = ListenerSettings(listen_address="127.0.0.1", http_port=8080, https_port=8443)
+    fill_with_a_selected_route(store)
     assert set(routing(translate(store.view(), settings=settings))) == {"*"}
 
     changes.clear()
@@ -384,19 +389,7 @@ def test_attached_routes_count_only_routes_of_selected_namespaces() -> None:
 
 def test_the_planner_reads_namespace_labels_from_the_store() -> None:
     store = Store()
-    store.replace_all(
-        [
-            parse_object(body)
-            for body in (
-                gateway_class(),
-                gateway("gw", selecting({"matchLabels": {"gateway": "shared"}})),
-                namespace("team-a", gateway="shared"),
-                service("a", ns="team-a"),
-                route_in("team-a"),
-            )
-        ],
-        origin="test",
-    )
+    fill_with_a_selected_route(store)
     settings = ListenerSettings(listen_address="127.0.0.1", http_port=8080, https_port=8443)
 
     def lookup(ref: ir.ObjectRef) -> Any:

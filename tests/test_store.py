@@ -363,3 +363,20 @@ def test_secret_references_from_annotations_and_gateway_listeners() -> None:
 
 def test_the_store_knows_every_secret_annotation_translate_reads() -> None:
     assert set(SECRET_ANNOTATIONS) == {BACKEND_CA_SECRET, CLIENT_CA_SECRET}
+
+
+def test_an_objects_repr_never_shows_its_body() -> None:
+    """A Secret's private key must not reach a log line through repr()."""
+    key = parse_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "tls", "namespace": "default"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.key": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t"},
+        }
+    )
+    shown = repr(key)
+    assert "Secret" in shown and "tls" in shown
+    assert "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t" not in shown
+    assert "data" not in shown

@@ -116,8 +116,10 @@ class KubeObject:
     kind: str
     namespace: str
     name: str
-    # Frozen in __post_init__; unhashable, so kept out of the hash.
-    body: Mapping[str, Any] = field(hash=False)
+    # Frozen in __post_init__; unhashable, so kept out of the hash. Out of
+    # the repr too: a Secret's body holds its private key, and a repr ends
+    # up in log lines and tracebacks.
+    body: Mapping[str, Any] = field(hash=False, repr=False)
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
