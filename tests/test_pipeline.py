@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from xds_ingress import ir
 from xds_ingress.cache import DEFAULT_GROUP, SnapshotCache
@@ -40,10 +41,20 @@ async def test_nothing_is_built_before_the_barrier_and_the_first_build_is_not_re
         await task
 
 
+BUILD_SECONDS = 0.3
+
+
 async def test_a_lone_change_is_built_at_once_and_a_burst_after_it_is_held_off() -> None:
     cache = SnapshotCache()
+
+    def slow_translate() -> ir.Translation:
+        # A build that takes long enough to tell "within a build's time of
+        # the last build" from "after it".
+        time.sleep(BUILD_SECONDS)
+        return ir.Translation(config=ir.Config())
+
     pipeline = Pipeline(
-        translate=lambda: ir.Translation(config=ir.Config()),
+        translate=slow_translate,
         cache=cache,
         group=DEFAULT_GROUP,
         # A holdoff long enough to tell "at once" from "held off".
@@ -54,17 +65,24 @@ async def test_a_lone_change_is_built_at_once_and_a_burst_after_it_is_held_off()
     task = asyncio.create_task(pipeline.run(synced=synced))
     try:
         await asyncio.wait_for(pipeline.first_published.wait(), 5)
-        # Quiet for longer than the holdoff since the first build.
-        await asyncio.sleep(1.1)
+        # Quiet for longer than a build took since the first build.
+        await asyncio.sleep(BUILD_SECONDS + 0.2)
         pipeline.changed()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(BUILD_SECONDS + 0.05)
         assert pipeline.report.builds == 2, "a lone change waited out the holdoff"
-        # Right after that build: the holdoff applies again.
+        # Right after that build, within a build's time: the holdoff applies.
         pipeline.changed()
         await asyncio.sleep(0.5)
         assert pipeline.report.builds == 2, "a change in a burst was not held off"
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(0.8 + BUILD_SECONDS)
         assert pipeline.report.builds == 3
+        # Longer after a build than it took, though well within the
+        # holdoff: a lone change again (changes made one by one, each
+        # after the last was applied, are not held back).
+        await asyncio.sleep(BUILD_SECONDS + 0.2)
+        pipeline.changed()
+        await asyncio.sleep(BUILD_SECONDS + 0.05)
+        assert pipeline.report.builds == 4, "a change after the build's own time waited"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -3,6 +3,10 @@
 Changes are debounced with a holdoff (wait this long after the last change)
 and a maximum holdoff (never wait longer than this after the first), so a
 burst of edits costs one rebuild and a steady trickle still gets through.
+A change after a quiet spell is built at once, without the holdoff: quiet
+meaning no build for as long as the last build took (or the holdoff, if
+shorter), so lone edits never wait while builds still take at most about
+half the time under a stream of them.
 Nothing is published before the sources have finished their first read (the
 startup barrier): an Envoy must never see a half-empty configuration.
 
@@ -100,9 +104,10 @@ class Pipeline:
         # slices changed; `_pending_full` once anything else did.
         self._pending_slices: set[ObjectKey] = set()
         self._pending_full = False
-        # When the last build ended (monotonic): a change long after it
-        # skips the holdoff.
+        # When the last build ended (monotonic) and how long it took: a
+        # change that long after it skips the holdoff.
         self._built_at = -math.inf
+        self._build_seconds = 0.0
         self.report = BuildReport()
 
     def changed(self, change: Change | None = None) -> None:
@@ -161,9 +166,11 @@ class Pipeline:
     async def _hold_off(self) -> None:
         # The first change after a quiet spell is built at once: a lone edit
         # should not wait out a holdoff meant for bursts. The changes that
-        # follow it, while it builds, are what the holdoff batches.
+        # follow it, while it builds or within a build's time of it, are
+        # what the holdoff batches.
         first_change = self._first_change
-        if first_change is not None and first_change - self._built_at >= self._holdoff():
+        quiet_spell = min(self._holdoff(), self._build_seconds)
+        if first_change is not None and first_change - self._built_at >= quiet_spell:
             return
         while True:
             now = time.monotonic()
@@ -190,6 +197,13 @@ class Pipeline:
     def _rebuild(self) -> None:
         started = time.perf_counter()
         self.report.builds += 1
+        try:
+            self._try_rebuild()
+        finally:
+            self._build_seconds = time.perf_counter() - started
+
+    def _try_rebuild(self) -> None:
+        started = time.perf_counter()
         try:
             translation = self._translate()
             self._log_new_conditions(translation.conditions)
