@@ -118,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdoff",
         type=_positive_seconds,
         default=0.05,
-        help="seconds to wait for more changes before a rebuild",
+        help=(
+            "seconds to wait for more changes before a rebuild "
+            "(a change after a quiet spell is built at once)"
+        ),
     )
     serve.add_argument(
         "--max-holdoff",
