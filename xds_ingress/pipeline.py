@@ -191,19 +191,14 @@ class Pipeline:
         # stages pause the collector themselves, and this pause spans the
         # steps between them too (at 10k Services one collection there cost
         # a second).
+        started = time.perf_counter()
         with gc_pause.paused():
             self._rebuild()
+        self._build_seconds = time.perf_counter() - started
 
     def _rebuild(self) -> None:
         started = time.perf_counter()
         self.report.builds += 1
-        try:
-            self._try_rebuild()
-        finally:
-            self._build_seconds = time.perf_counter() - started
-
-    def _try_rebuild(self) -> None:
-        started = time.perf_counter()
         try:
             translation = self._translate()
             self._log_new_conditions(translation.conditions)
