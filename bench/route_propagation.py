@@ -15,6 +15,12 @@ calls are checked). Any other answer (503 no healthy upstream: a route that
 arrived before its cluster's endpoints; a reset; a timeout) is counted as a
 bad response: issue 7 asks for 0.
 
+After each route works, the control plane's admin API (`ListNodes`) gives
+when it sent Envoy the new routes and when Envoy ACKed them, on the clock
+the benchmark shares: the time splits into the control plane's part (write →
+sent: the API server, the watch, the holdoff, the build, the cluster and
+endpoints sent first) and Envoy's (sent → ACK: applying the route table).
+
 There is no natural yardstick for this one; issue 7 sets absolute targets:
 p99 ≤ 50 ms and 0 bad responses. The API server's own time to answer the
 write is reported beside it, as the part of the time no control plane can
@@ -52,6 +58,9 @@ ROUTE_TIMEOUT_SECONDS: Final = 10.0
 # that would starve the control plane on 2 cores.
 PROBE_INTERVAL_SECONDS: Final = 0.001
 CALLS_AFTER_SUCCESS: Final = 2
+# How long to look for the ACK of a working route's routes in ListNodes:
+# Envoy serves a new route config a moment before it ACKs it.
+ACK_WAIT_SECONDS: Final = 2.0
 # Services (and slices) by index: 0 is the warm-up route of every run.
 WARM_UP: Final = 0
 
@@ -64,6 +73,10 @@ METRICS: Final[Mapping[str, MetricSpec]] = {
     "api_write_p99_ms": MetricSpec("ms", "the API server's answer to the POST, p99"),
     "probes_per_route": MetricSpec("calls", "calls per route until the first success, mean"),
     "cp_cpu_ms_per_route": MetricSpec("ms", "control plane CPU time per route added"),
+    "routes_sent_p50_ms": MetricSpec("ms", "Ingress write → the new routes sent to Envoy, p50"),
+    "routes_sent_p99_ms": MetricSpec("ms", "Ingress write → the new routes sent to Envoy, p99"),
+    "envoy_rds_p50_ms": MetricSpec("ms", "new routes sent → Envoy's ACK of them, p50"),
+    "envoy_rds_p99_ms": MetricSpec("ms", "new routes sent → Envoy's ACK of them, p99"),
     "timeouts": MetricSpec("routes", f"routes not working {ROUTE_TIMEOUT_SECONDS:g} s after"),
     "envoy_no_cluster": MetricSpec("calls", "Envoy: routed to a cluster it did not have yet"),
     "envoy_no_healthy_upstream": MetricSpec("calls", "Envoy: cluster with no endpoints yet"),
@@ -168,7 +181,11 @@ class RoutePropagationCase:
                     if time.monotonic() > deadline:
                         raise TimeoutError("the warm-up route never answered")
                     time.sleep(0.05)
-            sample = self._add_routes(target, server, proxy.process)
+            admin = kube_stack.AdminClient(ports.admin)
+            try:
+                sample = self._add_routes(target, server, proxy, admin)
+            finally:
+                admin.close()
             sums = envoy.counter_sums(proxy.admin_port, tuple(_ENVOY_REASONS.values()))
             for metric, suffix in _ENVOY_REASONS.items():
                 sample[metric] = sums[suffix]
@@ -178,10 +195,21 @@ class RoutePropagationCase:
                 proxy.process.stop()
             server.stop()
 
-    def _add_routes(self, target: str, server: Child, proxy: Child) -> dict[str, float]:
+    def _add_routes(
+        self,
+        target: str,
+        server: Child,
+        envoy_proxy: kube_stack.RunningEnvoy,
+        admin: kube_stack.AdminClient,
+    ) -> dict[str, float]:
         assert self._kube is not None
+        proxy = envoy_proxy.process
         latencies: list[float] = []
         writes: list[float] = []
+        # Per route, from the control plane's own send and ACK times: the
+        # control plane's part (write → sent) and Envoy's (sent → ACK).
+        sent: list[float] = []
+        applied: list[float] = []
         probes = 0
         bad = 0
         timeouts = 0
@@ -192,6 +220,7 @@ class RoutePropagationCase:
                 if before.outcome is not grpc_probe.Outcome.NOT_FOUND:
                     bad += 1
                     self._note_bad(f"before the write: {before.outcome.value} {before.text}")
+                wall_started = time.time()
                 started = time.perf_counter()
                 self._kube.api.create(kube_workload.INGRESS_PATH, kube_workload.ingress(route))
                 writes.append(time.perf_counter() - started)
@@ -215,6 +244,10 @@ class RoutePropagationCase:
                     if after.outcome is not grpc_probe.Outcome.OK:
                         bad += 1
                         self._note_bad(f"after success: {after.outcome.value} {after.text}")
+            times = _routes_acked_after(admin, envoy_proxy.node_id, wall_started)
+            if times is not None:
+                sent.append(times.sent_at - wall_started)
+                applied.append(times.acked_at - times.sent_at)
             if timeouts > 5:
                 raise TimeoutError(f"{timeouts} routes never worked; stopping this run")
             server.check_alive()
@@ -231,6 +264,10 @@ class RoutePropagationCase:
             "probes_per_route": probes / max(count, 1),
             "cp_cpu_ms_per_route": cpu / max(count, 1) * 1000,
             "timeouts": timeouts,
+            "routes_sent_p50_ms": percentile(sent, 50) * 1000,
+            "routes_sent_p99_ms": percentile(sent, 99) * 1000,
+            "envoy_rds_p50_ms": percentile(applied, 50) * 1000,
+            "envoy_rds_p99_ms": percentile(applied, 99) * 1000,
         }
 
     def _note_bad(self, text: str) -> None:
@@ -242,6 +279,22 @@ class RoutePropagationCase:
     @property
     def bad_kinds(self) -> dict[str, int]:
         return dict(self._bad_kinds)
+
+
+def _routes_acked_after(
+    admin: kube_stack.AdminClient, node_id: str, written_at: float
+) -> kube_stack.TypeTimes | None:
+    """The send and ACK times of the first routes sent after `written_at`, once ACKed.
+
+    None if none is seen ACKed in time (counted out of those percentiles).
+    """
+    deadline = time.monotonic() + ACK_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        times = kube_stack.type_times(admin.list_nodes()).get(node_id)
+        if times is not None and times.sent_at >= written_at and times.acked_at >= times.sent_at:
+            return times
+        time.sleep(0.005)
+    return None
 
 
 class RoutePropagation:

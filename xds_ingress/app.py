@@ -34,6 +34,7 @@ from xds_ingress.status import StatusStage
 from xds_ingress.store import Change, Store, StoreView
 from xds_ingress.translate import CertificateCache, translate
 from xds_ingress.translate.endpoint_refresh import StoreTranslator
+from xds_ingress.translate.memo import TranslationMemo
 from xds_ingress.translate.settings import ListenerSettings
 
 # The Kubernetes client is imported only with --source kubernetes: it is
@@ -104,9 +105,11 @@ class ControlPlane:
         # Parsed TLS Secrets, kept between translations: an RSA key takes
         # tens of milliseconds to check.
         certificates = CertificateCache()
+        # What each unchanged object translated to, kept between translations.
+        memo = TranslationMemo()
 
         def translate_view(view: StoreView) -> ir.Translation:
-            return translate(view, settings=listener_settings, certificates=certificates)
+            return translate(view, settings=listener_settings, certificates=certificates, memo=memo)
 
         translator = StoreTranslator(view=store.view, translate=translate_view)
         pipeline = Pipeline(

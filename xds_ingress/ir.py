@@ -13,6 +13,12 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+# _HASHED_ONCE: Backend, VirtualHost and RouteConfig cache their hash. A
+# frozen dataclass hashes its whole tree on every call, and the resource
+# builder's memos hash every one of them on every build: at 3000 hosts that
+# was most of a build after a one-host change. A value built anew (replace()
+# included) starts without one.
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class ObjectRef:
@@ -130,6 +136,28 @@ class Backend:
     health_check: GrpcHealthCheck | None = None
     endpoint_source: EndpointSource | None = None
     load_balancer: LoadBalancer = LoadBalancer.ROUND_ROBIN
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Cached (see _HASHED_ONCE at the top).
+        if self._hash is None:
+            object.__setattr__(
+                self,
+                "_hash",
+                hash(
+                    (
+                        self.name,
+                        self.protocol,
+                        self.endpoints,
+                        self.tls,
+                        self.health_check,
+                        self.endpoint_source,
+                        self.load_balancer,
+                    )
+                ),
+            )
+        assert self._hash is not None
+        return self._hash
 
 
 class PathMatchType(enum.StrEnum):
@@ -265,12 +293,28 @@ class VirtualHost:
     name: str
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Cached (see _HASHED_ONCE at the top).
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash((self.name, self.domains, self.routes)))
+        assert self._hash is not None
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Cached (see _HASHED_ONCE at the top).
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash((self.name, self.virtual_hosts)))
+        assert self._hash is not None
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ real change back by the holdoff.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import types
 from collections import defaultdict
@@ -78,14 +79,14 @@ Subscriber = Callable[[Change], None]
 class StoreView:
     """A read-only snapshot of the store, taken at one moment.
 
-    Taking one costs three shallow dictionary copies; the sorted per-kind
-    lists and per-Service slice lists are made on first use. A full
-    translation reads everything anyway, but the EndpointSlice fast path
-    reads a few slices, and at 10k Services sorting every object for it
-    would cost more than the fast path saves.
+    Taking one costs a few shallow copies: the store keeps each kind's keys
+    sorted, and the per-kind object lists and per-Service slice lists are
+    made on first use. A full translation reads everything anyway, but the
+    EndpointSlice fast path reads a few slices, and at 10k Services sorting
+    every object for it would cost more than the fast path saves.
     """
 
-    __slots__ = ("_by_key", "_by_kind", "_secret_users", "_slice_keys", "_slices")
+    __slots__ = ("_by_key", "_by_kind", "_kind_keys", "_secret_users", "_slice_keys", "_slices")
 
     def __init__(
         self,
@@ -93,12 +94,17 @@ class StoreView:
         objects: Mapping[ObjectKey, KubeObject],
         slices: Mapping[NamespacedName, frozenset[ObjectKey]],
         secret_users: Mapping[NamespacedName, frozenset[ObjectKey]],
+        kind_keys: Mapping[str, tuple[ObjectKey, ...]] | None = None,
     ) -> None:
-        """The mappings are copied; their values must be immutable."""
+        """The mappings are copied; their values must be immutable.
+
+        `kind_keys`: every key of `objects` by kind, sorted (default: sorted here).
+        """
         self._by_key: Mapping[ObjectKey, KubeObject] = types.MappingProxyType(dict(objects))
         self._slice_keys = dict(slices)
         self._secret_users = dict(secret_users)
-        self._by_kind: Mapping[str, tuple[KubeObject, ...]] | None = None
+        self._kind_keys = dict(kind_keys) if kind_keys is not None else _keys_by_kind(objects)
+        self._by_kind: dict[str, tuple[KubeObject, ...]] = {}
         self._slices: dict[NamespacedName, tuple[KubeObject, ...]] = {}
 
     def __len__(self) -> int:
@@ -109,12 +115,12 @@ class StoreView:
 
     def objects(self, kind: str) -> tuple[KubeObject, ...]:
         """Every object of `kind`, sorted by namespace and name."""
-        if self._by_kind is None:
-            by_kind: dict[str, list[KubeObject]] = defaultdict(list)
-            for key in sorted(self._by_key):
-                by_kind[key.kind].append(self._by_key[key])
-            self._by_kind = {kind: tuple(found) for kind, found in by_kind.items()}
-        return self._by_kind.get(kind, ())
+        found = self._by_kind.get(kind)
+        if found is None:
+            by_key = self._by_key
+            found = tuple([by_key[key] for key in self._kind_keys.get(kind, ())])
+            self._by_kind[kind] = found
+        return found
 
     def endpoint_slices(self, namespace: str, service: str) -> tuple[KubeObject, ...]:
         """The EndpointSlices labelled for Service `namespace/service`, sorted by name."""
@@ -151,6 +157,14 @@ class Store:
         self._moved: set[ObjectKey] = set()
         self._subscribers: list[Subscriber] = []
         self._view: StoreView | None = None
+        # The keys of `_objects` by kind, kept sorted for views: a kind's
+        # new keys are appended and the list re-sorted when a view is taken
+        # (a sorted run plus a few keys sorts in linear time), so one new
+        # Ingress costs no sort of every object, and a first read of
+        # thousands costs one sort.
+        self._kind_keys: dict[str, list[ObjectKey]] = {}
+        self._unsorted_kinds: set[str] = set()
+        self._kind_key_tuples: dict[str, tuple[ObjectKey, ...]] = {}
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call `subscriber` after every change; returns a function that unsubscribes.
@@ -167,8 +181,37 @@ class Store:
                 objects=self._objects,
                 slices=self._slices,
                 secret_users=self._secret_users,
+                kind_keys=self._sorted_kind_keys(),
             )
         return self._view
+
+    def _sorted_kind_keys(self) -> dict[str, tuple[ObjectKey, ...]]:
+        for kind in self._unsorted_kinds:
+            self._kind_keys[kind].sort()
+        self._unsorted_kinds.clear()
+        tuples = self._kind_key_tuples
+        for kind, keys in self._kind_keys.items():
+            if kind not in tuples:
+                tuples[kind] = tuple(keys)
+        return tuples
+
+    def _key_added(self, key: ObjectKey) -> None:
+        keys = self._kind_keys.setdefault(key.kind, [])
+        if keys and key < keys[-1]:
+            self._unsorted_kinds.add(key.kind)
+        keys.append(key)
+        self._kind_key_tuples.pop(key.kind, None)
+
+    def _key_removed(self, key: ObjectKey) -> None:
+        keys = self._kind_keys[key.kind]
+        if key.kind in self._unsorted_kinds:
+            keys.remove(key)
+        else:
+            del keys[bisect.bisect_left(keys, key)]
+        if not keys:
+            del self._kind_keys[key.kind]
+            self._unsorted_kinds.discard(key.kind)
+        self._kind_key_tuples.pop(key.kind, None)
 
     def apply(self, obj: KubeObject, *, origin: str) -> None:
         changed = {obj.key} if self._put(obj, origin=origin) else set()
@@ -222,6 +265,8 @@ class Store:
             return False
         if old is not None:
             self._unindex(old)
+        else:
+            self._key_added(obj.key)
         self._objects[obj.key] = obj
         self._index(obj)
         self._view = None
@@ -235,6 +280,7 @@ class Store:
         self._origins.pop(key, None)
         if old is None:
             return False
+        self._key_removed(key)
         self._unindex(old)
         self._view = None
         return True
@@ -262,6 +308,7 @@ class Store:
         parked = self._parked.pop(key, None)
         if parked is not None:
             self._objects[key] = parked
+            self._key_added(key)
             self._view = None
             self._moved.add(key)
 
@@ -270,6 +317,7 @@ class Store:
         shown = self._objects.pop(key, None)
         if shown is not None:
             self._parked[key] = shown
+            self._key_removed(key)
             self._view = None
             self._moved.add(key)
 
@@ -284,6 +332,13 @@ class Store:
                 # One broken subscriber must not stop a source from writing
                 # or starve the other subscribers.
                 log.exception("store subscriber %r failed", subscriber)
+
+
+def _keys_by_kind(objects: Mapping[ObjectKey, KubeObject]) -> dict[str, tuple[ObjectKey, ...]]:
+    by_kind: dict[str, list[ObjectKey]] = defaultdict(list)
+    for key in sorted(objects):
+        by_kind[key.kind].append(key)
+    return {kind: tuple(keys) for kind, keys in by_kind.items()}
 
 
 def _add(

@@ -128,7 +128,11 @@ class ResourceBuilder:
 
 # Every Backend field but its endpoints, as one tuple (in C).
 _without_endpoints = operator.attrgetter(
-    *(each.name for each in dataclasses.fields(ir.Backend) if each.name != "endpoints")
+    *(
+        each.name
+        for each in dataclasses.fields(ir.Backend)
+        if each.compare and each.name != "endpoints"
+    )
 )
 
 

@@ -60,5 +60,5 @@ class _Hashed(Generic[K]):
         return (
             isinstance(other, _Hashed)
             and self._hash == other._hash
-            and bool(self.value == other.value)
+            and (self.value is other.value or bool(self.value == other.value))
         )

@@ -121,6 +121,9 @@ class KubeObject:
     # up in log lines and tracebacks.
     body: Mapping[str, Any] = field(hash=False, repr=False)
     source: str = field(default="", compare=False)
+    # Made on first use: conditions name their object by it, several times
+    # per object in every translation.
+    _ref: ir.ObjectRef | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.body, types.MappingProxyType):
@@ -132,14 +135,22 @@ class KubeObject:
 
     @property
     def ref(self) -> ir.ObjectRef:
-        return ir.ObjectRef(
-            kind=self.kind, namespace=self.namespace, name=self.name, source=self.source
-        )
+        ref = self._ref
+        if ref is None:
+            ref = ir.ObjectRef(
+                kind=self.kind, namespace=self.namespace, name=self.name, source=self.source
+            )
+            object.__setattr__(self, "_ref", ref)
+        return ref
 
     @property
     def metadata(self) -> Mapping[str, Any]:
         metadata = self.body.get("metadata")
-        return metadata if isinstance(metadata, Mapping) else types.MappingProxyType({})
+        # The body is frozen, so its metadata is a MappingProxyType: checked
+        # first, as an ABC isinstance costs ten times more.
+        if type(metadata) is types.MappingProxyType or isinstance(metadata, Mapping):
+            return metadata
+        return _EMPTY
 
     @property
     def labels(self) -> Mapping[str, str]:
@@ -148,6 +159,15 @@ class KubeObject:
     @property
     def annotations(self) -> Mapping[str, str]:
         return _strings(self.metadata.get("annotations"))
+
+    def annotation(self, name: str) -> str | None:
+        """One annotation; cheaper than `annotations`, which copies them all."""
+        found = self.metadata.get("annotations")
+        value = found.get(name) if isinstance(found, Mapping) else None
+        return value if isinstance(value, str) else None
+
+
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
 
 def _strings(value: object) -> Mapping[str, str]:

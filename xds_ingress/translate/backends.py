@@ -12,9 +12,10 @@ import ipaddress
 import operator
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from xds_ingress import ir
-from xds_ingress.sources.objects import SERVICE, KubeObject
+from xds_ingress.sources.objects import SECRET, SERVICE, KubeObject
 from xds_ingress.store import StoreView
 from xds_ingress.translate import fields
 from xds_ingress.translate.annotations import (
@@ -66,12 +67,63 @@ def service_host(*, namespace: str, service: str) -> str:
     return f"{service}.{namespace}.svc"
 
 
-class BackendResolver:
-    """Resolves ServiceRefs against one StoreView; each Backend is built once per call."""
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """One resolve() and what it read: valid while the view holds the same objects."""
 
-    def __init__(self, view: StoreView, *, findings: Findings) -> None:
+    # Held so that its id cannot be reused while the entry lives.
+    ref: ServiceRef
+    protocol: ir.UpstreamProtocol | None
+    service: KubeObject
+    slices: tuple[KubeObject, ...]
+    ca_secret: KubeObject | None
+    backend: ir.Backend | Invalid
+    findings: Findings
+
+
+class ResolvedBackends:
+    """Backends resolved by earlier translations, kept while what they were read from is.
+
+    Keyed by the identity of the ServiceRef: the rules of an unchanged
+    Ingress come from the translation memo as the very same objects, so
+    an unchanged route costs a few lookups to check that its Service, its
+    EndpointSlices and its CA Secret are the objects it was resolved from.
+    Like the other memos, each translation keeps only what it used.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[int, _Resolved] = {}
+        self._current: dict[int, _Resolved] = {}
+
+    def find(self, ref: ServiceRef) -> _Resolved | None:
+        key = id(ref)
+        found = self._current.get(key)
+        if found is None:
+            found = self._previous.get(key)
+        return found if found is not None and found.ref is ref else None
+
+    def keep(self, resolved: _Resolved) -> None:
+        self._current[id(resolved.ref)] = resolved
+
+    def rotate(self) -> None:
+        """End a translation: keep what it used, drop the rest."""
+        self._previous = self._current
+        self._current = {}
+
+
+class BackendResolver:
+    """Resolves ServiceRefs against one StoreView; each Backend is built once per call.
+
+    With `memo`, a ServiceRef resolved by an earlier translation from the
+    same objects is not resolved again.
+    """
+
+    def __init__(
+        self, view: StoreView, *, findings: Findings, memo: ResolvedBackends | None = None
+    ) -> None:
         self._view = view
         self._findings = findings
+        self._memo = memo
         self._built: dict[str, ir.Backend] = {}
 
     def resolve(
@@ -83,6 +135,39 @@ class BackendResolver:
             return Invalid(
                 reason="BackendNotFound", message=f"Service {ref.namespace}/{ref.name} not found"
             )
+        if self._memo is None:
+            return self._resolve(ref, service=service, protocol=protocol, findings=self._findings)
+        slices = self._view.endpoint_slices(ref.namespace, ref.name)
+        secret = ref.options.ca_secret
+        ca_secret = None if secret is None else self._view.get(SECRET, ref.namespace, secret)
+        resolved = self._memo.find(ref)
+        if (
+            resolved is None
+            or resolved.protocol is not protocol
+            or resolved.service is not service
+            or resolved.ca_secret is not ca_secret
+            or not _same_objects(resolved.slices, slices)
+        ):
+            # Resolved on its own, not shared through _built: the findings
+            # it records must be all that the entry replays later.
+            found = Findings()
+            backend = self._resolve(
+                ref, service=service, protocol=protocol, findings=found, share=False
+            )
+            resolved = _Resolved(ref, protocol, service, slices, ca_secret, backend, found)
+        self._memo.keep(resolved)
+        self._findings.extend(resolved.findings)
+        return resolved.backend
+
+    def _resolve(
+        self,
+        ref: ServiceRef,
+        *,
+        service: KubeObject,
+        protocol: ir.UpstreamProtocol | None,
+        findings: Findings,
+        share: bool = True,
+    ) -> ir.Backend | Invalid:
         port = _service_port(service, ref.port)
         if port is None:
             return Invalid(
@@ -101,20 +186,22 @@ class BackendResolver:
             port=number,
             protocol=None if chosen is implied else chosen,
         ) + _variant(ref.options, tls=tls)
-        if name not in self._built:
+        built = self._built.get(name) if share else None
+        if built is None:
             source = ir.EndpointSource(
                 namespace=ref.namespace, service=ref.name, port_name=port_name
             )
-            self._built[name] = ir.Backend(
+            built = ir.Backend(
                 name=name,
                 protocol=chosen,
-                endpoints=self.endpoints(source),
+                endpoints=self.endpoints(source, findings=findings),
                 tls=tls,
-                health_check=self._health_check(service, protocol=chosen),
+                health_check=self._health_check(service, protocol=chosen, findings=findings),
                 endpoint_source=source,
                 load_balancer=ref.options.load_balancer,
             )
-        return self._built[name]
+            self._built[name] = built
+        return built
 
     def _upstream_tls(
         self, ref: ServiceRef, *, protocol: ir.UpstreamProtocol
@@ -141,13 +228,13 @@ class BackendResolver:
         return ir.UpstreamTls(sni=sni, ca=ca)
 
     def _health_check(
-        self, service: KubeObject, *, protocol: ir.UpstreamProtocol
+        self, service: KubeObject, *, protocol: ir.UpstreamProtocol, findings: Findings
     ) -> ir.GrpcHealthCheck | None:
-        check = service_health_check(service, findings=self._findings)
+        check = service_health_check(service, findings=findings)
         if check is not None and protocol is ir.UpstreamProtocol.HTTP1:
             # grpc.health.v1 is a gRPC call: it needs HTTP/2 to the backend,
             # and Envoy refuses the cluster otherwise.
-            self._findings.rejected(
+            findings.rejected(
                 service,
                 reason="InvalidAnnotation",
                 message="annotation xds-ingress.io/health-check: grpc needs a gRPC port "
@@ -156,11 +243,20 @@ class BackendResolver:
             return None
         return check
 
-    def endpoints(self, source: ir.EndpointSource) -> tuple[ir.Endpoint, ...]:
-        """The endpoints the Service port's EndpointSlices list now, sorted."""
+    def endpoints(
+        self, source: ir.EndpointSource, *, findings: Findings | None = None
+    ) -> tuple[ir.Endpoint, ...]:
+        """The endpoints the Service port's EndpointSlices list now, sorted.
+
+        Bad addresses are reported to `findings` (default: the resolver's).
+        """
+        report = self._findings if findings is None else findings
         found: dict[tuple[str, int], ir.Endpoint] = {}
         for endpoint_slice in self._view.endpoint_slices(source.namespace, source.service):
-            for endpoint in self._slice_endpoints(endpoint_slice, port_name=source.port_name):
+            slice_endpoints = self._slice_endpoints(
+                endpoint_slice, port_name=source.port_name, findings=report
+            )
+            for endpoint in slice_endpoints:
                 key = (endpoint.address, endpoint.port)
                 # An address in two slices (as it moves between them): ready wins.
                 if key not in found or endpoint.health is ir.EndpointHealth.HEALTHY:
@@ -169,7 +265,9 @@ class BackendResolver:
         # two tuples per comparison, a tenth of a 10k-Service translation.
         return tuple(sorted(found.values(), key=_endpoint_order))
 
-    def _slice_endpoints(self, endpoint_slice: KubeObject, *, port_name: str) -> list[ir.Endpoint]:
+    def _slice_endpoints(
+        self, endpoint_slice: KubeObject, *, port_name: str, findings: Findings
+    ) -> list[ir.Endpoint]:
         """The slice's usable endpoints; one listed twice comes out twice (endpoints() merges)."""
         body = endpoint_slice.body
         address_type = body.get("addressType")
@@ -188,7 +286,7 @@ class BackendResolver:
             for address in fields.items(endpoint.get("addresses")):
                 ip = _ip(address, version=version)
                 if ip is None:
-                    self._findings.rejected(
+                    findings.rejected(
                         endpoint_slice,
                         reason="InvalidAddress",
                         message=f"address {address!r} is not an {address_type or 'IP'} address",
@@ -196,6 +294,10 @@ class BackendResolver:
                     continue
                 found.append(ir.Endpoint(address=ip, port=target, health=health))
         return found
+
+
+def _same_objects(before: tuple[KubeObject, ...], now: tuple[KubeObject, ...]) -> bool:
+    return len(before) == len(now) and all(a is b for a, b in zip(before, now, strict=True))
 
 
 # (address, port, health), made in C: a Python key function was called

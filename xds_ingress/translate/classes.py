@@ -41,7 +41,7 @@ class ClassPolicy:
         class_name = fields.mapping(ingress.body.get("spec")).get("ingressClassName")
         if class_name is not None:
             return isinstance(class_name, str) and class_name in self.our_classes
-        legacy = ingress.annotations.get(CLASS_ANNOTATION)
+        legacy = ingress.annotation(CLASS_ANNOTATION)
         if legacy is not None:
             return legacy == self.legacy_class
         return self.claim_classless

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from xds_ingress import ir
 from xds_ingress.sources.objects import GRPC_ROUTE, HTTP_ROUTE, KubeObject
 from xds_ingress.store import StoreView
+from xds_ingress.translate.age import age
 from xds_ingress.translate.backends import BackendResolver
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.gateways import Gateways
 from xds_ingress.translate.grpcroute import GrpcBackendRef, grpc_rules, route_hostnames
 from xds_ingress.translate.httproute import http_rules
-from xds_ingress.translate.precedence import age
 from xds_ingress.translate.refgrants import reference_granted
 from xds_ingress.translate.validation import Invalid
 

@@ -40,11 +40,12 @@ from typing import NamedTuple
 from xds_ingress import ir
 from xds_ingress.sources.objects import SECRET
 from xds_ingress.store import StoreView
+from xds_ingress.translate.age import age
 from xds_ingress.translate.certificates import CertificateCache, Loaded
 from xds_ingress.translate.client_validation import client_validations
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.hostnames import covered_by_any, covers, is_wildcard, wildcard_for
-from xds_ingress.translate.precedence import age, host_order
+from xds_ingress.translate.precedence import host_order
 from xds_ingress.translate.rules import CATCH_ALL_HOST
 from xds_ingress.translate.settings import ListenerSettings
 from xds_ingress.translate.tls_rules import TlsRequest

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from xds_ingress import ir
-from xds_ingress.sources.objects import KubeObject
-from xds_ingress.translate import fields
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.rules import CATCH_ALL_HOST, Candidate
 
@@ -40,22 +37,6 @@ _TYPE_NAME = {
     ir.PathMatchType.STRING_PREFIX: "ImplementationSpecific",
 }
 
-AgeKey = tuple[bool, float, str, str]
-
-
-def age(obj: KubeObject) -> AgeKey:
-    """Oldest first; objects without a readable creationTimestamp after all others."""
-    stamp = fields.text(obj.metadata.get("creationTimestamp"))
-    try:
-        created = datetime.fromisoformat(stamp) if stamp else None
-    except ValueError:
-        created = None
-    if created is None:
-        return (True, 0.0, obj.namespace, obj.name)
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return (False, created.timestamp(), obj.namespace, obj.name)
-
 
 def resolve_conflicts(candidates: Iterable[Candidate], *, findings: Findings) -> list[Candidate]:
     """One candidate per (host, path type, path); each loser gets a condition."""
@@ -65,7 +46,7 @@ def resolve_conflicts(candidates: Iterable[Candidate], *, findings: Findings) ->
     winners: list[Candidate] = []
     for group in groups.values():
         # A rule beats a defaultBackend: the default is only for what no rule matches.
-        ranked = sorted(group, key=lambda c: (c.default_backend, age(c.origin), c.position))
+        ranked = sorted(group, key=lambda c: (c.default_backend, c.age, c.position))
         winners.append(ranked[0])
         for loser in ranked[1:]:
             _lost(loser, ranked[0], findings=findings)
@@ -88,7 +69,7 @@ def _owned_hosts(candidates: list[Candidate], *, findings: Findings) -> list[Can
         if candidate.host == CATCH_ALL_HOST:
             continue
         held = owners.get(candidate.host)
-        if held is None or age(candidate.origin) < age(held.origin):
+        if held is None or candidate.age < held.age:
             owners[candidate.host] = candidate
     routes_of_owners = {
         (c.host, c.path.type, c.path.value): c
@@ -128,7 +109,7 @@ def route_order(candidate: Candidate) -> tuple[object, ...]:
         -len(path.value),
         path.value,
         _TYPE_RANK[path.type],
-        age(candidate.origin),
+        candidate.age,
         candidate.position,
     )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from xds_ingress import ir
 from xds_ingress.sources.objects import KubeObject
 from xds_ingress.translate import fields
+from xds_ingress.translate.age import AgeKey, age
 from xds_ingress.translate.annotations import BackendOptions, backend_options
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.validation import Invalid, check_host, path_match
@@ -39,6 +40,8 @@ class Candidate:
     origin: KubeObject
     where: str  # the field it came from, for messages
     position: int  # order inside the Ingress, the last tie-breaker
+    # age(origin), read once: contests and route order compare it often.
+    age: AgeKey
     default_backend: bool = False
 
 
@@ -73,6 +76,7 @@ def ingress_candidates(ingress: KubeObject, *, findings: Findings) -> list[Candi
                 origin=ingress,
                 where="spec.defaultBackend",
                 position=len(candidates),
+                age=age(ingress),
                 default_backend=True,
             )
         )
@@ -108,6 +112,7 @@ def _rule_candidates(
         findings.rejected(ingress, reason="InvalidSpec", message=message)
         return []
     candidates: list[Candidate] = []
+    created = age(ingress)
     for index, entry in enumerate(fields.items(paths)):
         entry_where = f"{where}.http.paths[{index}]"
         if not isinstance(entry, Mapping):
@@ -129,6 +134,7 @@ def _rule_candidates(
                 origin=ingress,
                 where=entry_where,
                 position=first + len(candidates),
+                age=created,
             )
         )
     return candidates

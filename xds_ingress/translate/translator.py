@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 
 from xds_ingress import gc_pause, ir
 from xds_ingress.sources.objects import INGRESS, KubeObject, ObjectKey
@@ -25,6 +26,7 @@ from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.gateway_routes import gateway_routes, merged_virtual_hosts
 from xds_ingress.translate.gateways import Gateways
 from xds_ingress.translate.https import https_config
+from xds_ingress.translate.memo import DerivedMemo, TranslationMemo
 from xds_ingress.translate.precedence import host_order, resolve_conflicts, route_order
 from xds_ingress.translate.rules import Candidate, ingress_candidates
 from xds_ingress.translate.settings import ListenerSettings
@@ -43,16 +45,24 @@ def translate(
     settings: ListenerSettings,
     now: datetime | None = None,
     certificates: CertificateCache | None = None,
+    memo: TranslationMemo | None = None,
 ) -> ir.Translation:
     """`now` is when certificates are checked for expiry (default: the present).
 
     Pass the same `certificates` cache to every call, so that a Secret is
-    parsed once per change rather than once per translation.
+    parsed once per change rather than once per translation, and the same
+    `memo`, so that what an unchanged object gives is not worked out again.
     """
+    memo = memo if memo is not None else TranslationMemo()
     # Translation makes no garbage cycles; at 10k Services the collector's
     # passes over the store and the growing IR were half its time.
     with gc_pause.paused():
-        return _translate(view, settings=settings, now=now, certificates=certificates)
+        try:
+            return _translate(
+                view, settings=settings, now=now, certificates=certificates, memo=memo
+            )
+        finally:
+            memo.rotate()
 
 
 def _translate(
@@ -61,22 +71,31 @@ def _translate(
     settings: ListenerSettings,
     now: datetime | None,
     certificates: CertificateCache | None,
+    memo: TranslationMemo,
 ) -> ir.Translation:
     cache = certificates if certificates is not None else CertificateCache()
     findings = Findings()
     policy = ClassPolicy.build(view, settings=settings)
     ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
     # Read for every Ingress, routes won or not, so each bad value is reported.
-    options = {ingress.key: _options(ingress, findings=findings) for ingress in ingresses}
-    winners = resolve_conflicts(_candidates(ingresses, findings=findings), findings=findings)
-    resolver = BackendResolver(view, findings=findings)
+    options = {
+        ingress.key: memo.options.get(ingress, _options, findings=findings) for ingress in ingresses
+    }
+    candidates = [
+        candidate
+        for ingress in ingresses
+        for candidate in memo.candidates.get(ingress, _candidates, findings=findings)
+    ]
+    winners = resolve_conflicts(candidates, findings=findings)
+    resolver = BackendResolver(view, findings=findings, memo=memo.backends)
     routes, backends = _routes(
         winners,
         resolver=resolver,
         options=options,
         findings=findings,
+        memo=memo.routes,
     )
-    virtual_hosts = _virtual_hosts(routes)
+    virtual_hosts = _virtual_hosts(routes, memo=memo.virtual_hosts)
     checked_at = now if now is not None else datetime.now(UTC)
     gateways = Gateways(
         view, settings=settings, findings=findings, now=checked_at, certificates=cache
@@ -87,7 +106,14 @@ def _translate(
     # Gateway listeners, through the same certificate assignment; a route
     # attached to a plain HTTP listener must not become reachable over TLS.
     https = https_config(
-        [*_tls_requests(ingresses, findings=findings), *gateways.tls_requests()],
+        [
+            *(
+                request
+                for ingress in ingresses
+                for request in memo.tls_requests.get(ingress, _tls_requests, findings=findings)
+            ),
+            *gateways.tls_requests(),
+        ],
         view=view,
         virtual_hosts=_merged_virtual_hosts(virtual_hosts, attached.tls_routes),
         settings=settings,
@@ -122,21 +148,22 @@ def _translate(
     return ir.Translation(config=config, conditions=findings.conditions())
 
 
-def _candidates(ingresses: Iterable[KubeObject], *, findings: Findings) -> list[Candidate]:
-    candidates: list[Candidate] = []
-    for ingress in ingresses:
-        try:
-            candidates.extend(ingress_candidates(ingress, findings=findings))
-        except Exception:
-            # A translator bug on one odd object must not take down every
-            # other Ingress's routes; the condition makes it visible.
-            log.exception("translating %s failed", ingress.ref)
-            message = "xds-ingress failed to translate it"
-            findings.rejected(ingress, reason="InternalError", message=message)
-    return candidates
+# The readings of one Ingress alone (memoised per object, see memo.py).
 
 
-def _options(ingress: KubeObject, *, findings: Findings) -> IngressOptions:
+def _candidates(ingress: KubeObject, findings: Findings) -> tuple[Candidate, ...]:
+    try:
+        return tuple(ingress_candidates(ingress, findings=findings))
+    except Exception:
+        # A translator bug on one odd object must not take down every
+        # other Ingress's routes; the condition makes it visible.
+        log.exception("translating %s failed", ingress.ref)
+        message = "xds-ingress failed to translate it"
+        findings.rejected(ingress, reason="InternalError", message=message)
+        return ()
+
+
+def _options(ingress: KubeObject, findings: Findings) -> IngressOptions:
     try:
         return ingress_options(ingress, findings=findings)
     except Exception:
@@ -146,17 +173,17 @@ def _options(ingress: KubeObject, *, findings: Findings) -> IngressOptions:
         return IngressOptions()
 
 
-def _tls_requests(ingresses: Iterable[KubeObject], *, findings: Findings) -> list[TlsRequest]:
-    requests: list[TlsRequest] = []
-    for ingress in ingresses:
-        try:
-            requests.extend(tls_requests(ingress, findings=findings))
-        except Exception:
-            log.exception("translating spec.tls of %s failed", ingress.ref)
-            message = "xds-ingress failed to translate its spec.tls"
-            findings.rejected(ingress, reason="InternalError", message=message)
-    return requests
+def _tls_requests(ingress: KubeObject, findings: Findings) -> tuple[TlsRequest, ...]:
+    try:
+        return tuple(tls_requests(ingress, findings=findings))
+    except Exception:
+        log.exception("translating spec.tls of %s failed", ingress.ref)
+        message = "xds-ingress failed to translate its spec.tls"
+        findings.rejected(ingress, reason="InternalError", message=message)
+        return ()
 
+
+_DEFAULT_OPTIONS = IngressOptions()
 
 RoutesByHost = dict[str, list[tuple[Candidate, ir.Route]]]
 
@@ -167,13 +194,14 @@ def _routes(
     resolver: BackendResolver,
     options: Mapping[ObjectKey, IngressOptions],
     findings: Findings,
+    memo: DerivedMemo[int, ir.Route],
 ) -> tuple[RoutesByHost, dict[str, ir.Backend]]:
     """Routes by host, and the backends they forward to (and no others)."""
     routes: RoutesByHost = defaultdict(list)
     backends: dict[str, ir.Backend] = {}
     for candidate in winners:
         ref = candidate.backend
-        chosen = options.get(candidate.origin.key, IngressOptions())
+        chosen = options.get(candidate.origin.key, _DEFAULT_OPTIONS)
         resolved = (
             ref
             if isinstance(ref, Invalid)
@@ -191,34 +219,46 @@ def _routes(
         else:
             backends[resolved.name] = resolved
             action = ir.Forward(backend=resolved.name, policy=chosen.policy)
-        routes[candidate.host].append((candidate, _route(candidate, action=action)))
+        route = memo.get(id(candidate), (candidate, action), partial(_route, candidate, action))
+        routes[candidate.host].append((candidate, route))
     return routes, backends
 
 
-def _virtual_hosts(routes: RoutesByHost) -> tuple[ir.VirtualHost, ...]:
-    return tuple(
-        ir.VirtualHost(
-            name=host,
-            domains=(host,),
-            routes=tuple(
-                route for _, route in sorted(routes[host], key=lambda r: route_order(r[0]))
-            ),
-        )
-        for host in sorted(routes, key=host_order)
-    )
+def _virtual_hosts(
+    routes: RoutesByHost, *, memo: DerivedMemo[str, ir.VirtualHost]
+) -> tuple[ir.VirtualHost, ...]:
+    hosts = []
+    for host in sorted(routes, key=host_order):
+        found = routes[host]
+        if len(found) > 1:
+            found = sorted(found, key=lambda r: route_order(r[0]))
+        ordered = tuple(route for _, route in found)
+        hosts.append(memo.get(host, ordered, partial(_virtual_host, host, ordered)))
+    return tuple(hosts)
+
+
+def _virtual_host(host: str, routes: tuple[ir.Route, ...]) -> ir.VirtualHost:
+    return ir.VirtualHost(name=host, domains=(host,), routes=routes)
 
 
 def _merged_virtual_hosts(
     ingress_hosts: tuple[ir.VirtualHost, ...], gateway_routes: dict[str, list[ir.Route]]
 ) -> tuple[ir.VirtualHost, ...]:
+    # A host no Gateway API route shares keeps the Ingresses' virtual host
+    # object, so that the resource builder finds it memoised by identity.
+    if not gateway_routes:
+        return ingress_hosts
     merged = merged_virtual_hosts(ingress_hosts, gateway_routes)
+    own = {vhost.name: vhost for vhost in ingress_hosts}
     return tuple(
-        ir.VirtualHost(name=host, domains=(host,), routes=tuple(merged[host]))
+        own[host]
+        if host not in gateway_routes and host in own
+        else _virtual_host(host, tuple(merged[host]))
         for host in sorted(merged, key=host_order)
     )
 
 
-def _route(candidate: Candidate, *, action: ir.RouteAction) -> ir.Route:
+def _route(candidate: Candidate, action: ir.RouteAction) -> ir.Route:
     origin = candidate.origin
     what = (
         "defaultBackend"
