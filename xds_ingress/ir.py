@@ -437,6 +437,21 @@ class Condition:
     message: str
 
 
+def condition_order(condition: Condition) -> tuple[str, ...]:
+    """Condition's own order as a flat key: the dataclass's compares build two
+    tuples per comparison, and there is a condition per object."""
+    ref = condition.object
+    return (
+        ref.kind,
+        ref.namespace,
+        ref.name,
+        condition.type,
+        condition.status,
+        condition.reason,
+        condition.message,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Translation:
     config: Config

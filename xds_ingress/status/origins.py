@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import types as pytypes
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from xds_ingress import ir
 from xds_ingress.resources import types
@@ -72,6 +72,36 @@ def origins(config: ir.Config, *, locate: Locate | None = None) -> Origins:
     for plain in config.listeners:
         found[(types.LISTENER, plain.name)] = _union(found, [(types.ROUTE, plain.route_config)])
     return pytypes.MappingProxyType({key: frozenset(refs) for key, refs in found.items() if refs})
+
+
+class LazyOrigins(Mapping[ResourceKey, frozenset[ir.ObjectRef]]):
+    """`origins(config)`, worked out the first time anything reads it.
+
+    Only a rejected resource needs its origins, and most builds have none:
+    at 3000 Ingresses, working them out after every build cost the event
+    loop nearly half as much as the translation itself, between the pushes
+    of one change. Objects are located when first read, in the store as it
+    is then.
+    """
+
+    def __init__(self, config: ir.Config, *, locate: Locate | None = None) -> None:
+        self._config = config
+        self._locate = locate
+        self._found: Origins | None = None
+
+    def _origins(self) -> Origins:
+        if self._found is None:
+            self._found = origins(self._config, locate=self._locate)
+        return self._found
+
+    def __getitem__(self, key: ResourceKey) -> frozenset[ir.ObjectRef]:
+        return self._origins()[key]
+
+    def __iter__(self) -> Iterator[ResourceKey]:
+        return iter(self._origins())
+
+    def __len__(self) -> int:
+        return len(self._origins())
 
 
 def _union(

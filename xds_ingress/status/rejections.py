@@ -12,7 +12,7 @@ of the current configuration.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from xds_ingress import ir
@@ -79,9 +79,10 @@ class Rejections:
     def stream_closed(self, stream_id: int) -> bool:
         return self._by_stream.pop(stream_id, None) is not None
 
-    def keep_only(self, keys: Iterable[ResourceKey]) -> bool:
+    def keep_only(self, wanted: Container[ResourceKey]) -> bool:
         """Forget resources no longer configured (they will never be ACKed again)."""
-        wanted = set(keys)
+        if not self._by_stream:
+            return False  # nothing to look up (origins are worked out on demand)
         changed = False
         for stream_id in list(self._by_stream):
             held = self._by_stream[stream_id]

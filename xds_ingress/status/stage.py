@@ -19,7 +19,7 @@ from typing import Protocol
 from xds_ingress import ir
 from xds_ingress.server.conditions import ObjectCondition, RejectedBy
 from xds_ingress.server.observer import Answer, Rejection
-from xds_ingress.status.origins import Locate, Origins, ResourceKey, origins
+from xds_ingress.status.origins import LazyOrigins, Locate, Origins, ResourceKey
 from xds_ingress.status.rejections import (
     PROGRAMMED,
     REJECTED,
@@ -61,7 +61,7 @@ class StatusStage:
 
     def conditions(self) -> tuple[ir.Condition, ...]:
         """Every condition now: translate's, and Programmed=False for rejected objects."""
-        return tuple(sorted((*self._translated, *self._programmed)))
+        return tuple(sorted((*self._translated, *self._programmed), key=ir.condition_order))
 
     def programmed(self) -> tuple[ir.Condition, ...]:
         return self._programmed
@@ -85,7 +85,7 @@ class StatusStage:
     def built(self, translation: ir.Translation) -> None:
         if translation.config != self._config:
             self._config = translation.config
-            self._origins = origins(translation.config, locate=self._locate)
+            self._origins = LazyOrigins(translation.config, locate=self._locate)
             self._rejections.keep_only(self._origins)
         self._translated = translation.conditions
         self._refresh()

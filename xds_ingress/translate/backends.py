@@ -78,7 +78,7 @@ class _Resolved:
     slices: tuple[KubeObject, ...]
     ca_secret: KubeObject | None
     backend: ir.Backend | Invalid
-    findings: Findings
+    findings: Findings | None  # None: nothing found (see translate/memo.py)
 
 
 class ResolvedBackends:
@@ -154,9 +154,12 @@ class BackendResolver:
             backend = self._resolve(
                 ref, service=service, protocol=protocol, findings=found, share=False
             )
-            resolved = _Resolved(ref, protocol, service, slices, ca_secret, backend, found)
+            resolved = _Resolved(
+                ref, protocol, service, slices, ca_secret, backend, found if found else None
+            )
         self._memo.keep(resolved)
-        self._findings.extend(resolved.findings)
+        if resolved.findings is not None:
+            self._findings.extend(resolved.findings)
         return resolved.backend
 
     def _resolve(

@@ -13,20 +13,6 @@ RESOLVED_REFS = "ResolvedRefs"
 MAX_MESSAGE = 1024
 
 
-def _condition_order(condition: ir.Condition) -> tuple[str, ...]:
-    """ir.Condition's field order, with its ObjectRef's compared fields inlined."""
-    ref = condition.object
-    return (
-        ref.kind,
-        ref.namespace,
-        ref.name,
-        condition.type,
-        condition.status,
-        condition.reason,
-        condition.message,
-    )
-
-
 class Findings:
     """A per-call collector; translate creates one and returns its conditions."""
 
@@ -69,6 +55,10 @@ class Findings:
             message=message,
         )
 
+    def __bool__(self) -> bool:
+        """True once anything was found."""
+        return bool(self._conditions)
+
     def extend(self, other: Findings) -> None:
         """Take in what `other` found (a memoised result's findings, replayed)."""
         if other._conditions:
@@ -77,9 +67,7 @@ class Findings:
             self._unresolved |= other._unresolved
 
     def conditions(self) -> tuple[ir.Condition, ...]:
-        # By a flat key: the dataclass's own ordering builds two tuples per
-        # comparison, and there is a condition per object.
-        return tuple(sorted(self._conditions, key=_condition_order))
+        return tuple(sorted(self._conditions, key=ir.condition_order))
 
     def _add(
         self, obj: KubeObject, *, type: str, status: ir.ConditionStatus, reason: str, message: str
