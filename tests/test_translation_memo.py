@@ -358,3 +358,34 @@ def test_one_service_ref_resolved_for_another_protocol_is_not_taken_from_the_mem
         ir.UpstreamProtocol.H2C,
         ir.UpstreamProtocol.HTTP1,
     )
+
+
+def test_a_views_generations_stand_still_exactly_while_its_objects_are_the_same() -> None:
+    """Trusting remembered Backends rests on this."""
+    kinds = ["Service", "EndpointSlice", "Secret"]
+    store = _store_with(["a"])
+    before = store.view()
+    store.apply(parse_object(routed_ingress("a", host="a2.example.com")), origin="test")
+    assert store.view().generations(kinds) == before.generations(kinds)
+    # An equal copy read from another file replaces the stored object.
+    store.apply(parse_object(routed_service("a"), source="moved.yaml"), origin="test")
+    after = store.view()
+    assert after.get("Service", NAMESPACE, "a") is not before.get("Service", NAMESPACE, "a")
+    assert after.generations(kinds) != before.generations(kinds)
+
+
+def test_one_memo_used_on_two_stores_takes_nothing_from_one_to_the_other() -> None:
+    """Stores with the same history of counts still hold different objects."""
+    ingress = parse_object(routed_ingress("a", host="a.example.com"))
+    stores = []
+    for address in ("10.0.0.1", "10.0.0.2"):
+        store = Store()
+        for body in (routed_service("a"), routed_slice("a", address)):
+            store.apply(parse_object(body), origin="test")
+        # The very same Ingress object: its rules' ServiceRefs are remembered by identity.
+        store.apply(ingress, origin="test")
+        stores.append(store)
+    memo = TranslationMemo()
+    first, second = (translate(s.view(), settings=SETTINGS, memo=memo) for s in stores)
+    assert [e.address for e in _backend(first, "a").endpoints] == ["10.0.0.1"]
+    assert [e.address for e in _backend(second, "a").endpoints] == ["10.0.0.2"]

@@ -13,7 +13,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-# _HASHED_ONCE: Backend, VirtualHost and RouteConfig cache their hash. A
+# _HASHED_ONCE: Backend, VirtualHost, RouteConfig and Condition cache their hash. A
 # frozen dataclass hashes its whole tree on every call, and the resource
 # builder's memos hash every one of them on every build: at 3000 hosts that
 # was most of a build after a one-host change. A value built anew (replace()
@@ -435,6 +435,19 @@ class Condition:
     status: ConditionStatus
     reason: str
     message: str
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Cached (see _HASHED_ONCE at the top): there is one per object, and
+        # each build puts them all in sets to find what is new.
+        if self._hash is None:
+            object.__setattr__(
+                self,
+                "_hash",
+                hash((self.object, self.type, self.status, self.reason, self.message)),
+            )
+        assert self._hash is not None
+        return self._hash
 
 
 def condition_order(condition: Condition) -> tuple[str, ...]:

@@ -27,9 +27,9 @@ import bisect
 import logging
 import types
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from xds_ingress.sources.objects import (
     ENDPOINT_SLICE,
@@ -74,6 +74,8 @@ class Change:
 
 
 Subscriber = Callable[[Change], None]
+# A store's identity and its count of replaced objects per kind.
+Generations = tuple[object, Mapping[str, int]]
 
 
 class StoreView:
@@ -86,7 +88,15 @@ class StoreView:
     every object for it would cost more than the fast path saves.
     """
 
-    __slots__ = ("_by_key", "_by_kind", "_kind_keys", "_secret_users", "_slice_keys", "_slices")
+    __slots__ = (
+        "_by_key",
+        "_by_kind",
+        "_generations",
+        "_kind_keys",
+        "_secret_users",
+        "_slice_keys",
+        "_slices",
+    )
 
     def __init__(
         self,
@@ -95,15 +105,18 @@ class StoreView:
         slices: Mapping[NamespacedName, frozenset[ObjectKey]],
         secret_users: Mapping[NamespacedName, frozenset[ObjectKey]],
         kind_keys: Mapping[str, tuple[ObjectKey, ...]] | None = None,
+        generations: Generations | None = None,
     ) -> None:
         """The mappings are copied; their values must be immutable.
 
         `kind_keys`: every key of `objects` by kind, sorted (default: sorted here).
+        `generations`: the store's count of replacements per kind (see `generations`).
         """
         self._by_key: Mapping[ObjectKey, KubeObject] = types.MappingProxyType(dict(objects))
         self._slice_keys = dict(slices)
         self._secret_users = dict(secret_users)
         self._kind_keys = dict(kind_keys) if kind_keys is not None else _keys_by_kind(objects)
+        self._generations = generations
         self._by_kind: dict[str, tuple[KubeObject, ...]] = {}
         self._slices: dict[NamespacedName, tuple[KubeObject, ...]] = {}
 
@@ -111,7 +124,11 @@ class StoreView:
         return len(self._by_key)
 
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
-        return self._by_key.get(ObjectKey(kind, namespace, name))
+        # A plain tuple finds what the ObjectKey of the same fields does (a
+        # NamedTuple hashes and compares as one), without its slow __new__:
+        # translation looks up thousands of Services per build.
+        by_tuple = cast("Mapping[tuple[str, str, str], KubeObject]", self._by_key)
+        return by_tuple.get((kind, namespace, name))
 
     def objects(self, kind: str) -> tuple[KubeObject, ...]:
         """Every object of `kind`, sorted by namespace and name."""
@@ -130,6 +147,16 @@ class StoreView:
             found = tuple(self._by_key[key] for key in sorted(keys))
             self._slices[(namespace, service)] = found
         return found
+
+    def generations(self, kinds: Iterable[str]) -> tuple[object, ...] | None:
+        """Equal for two views of one store exactly when every object of `kinds` is the same object.
+
+        None when unknown (a view made without a store).
+        """
+        if self._generations is None:
+            return None
+        lineage, counts = self._generations
+        return (lineage, *(counts.get(kind, 0) for kind in kinds))
 
     def secret_users(self, namespace: str, secret: str) -> tuple[ObjectKey, ...]:
         """The objects that name Secret `namespace/secret`."""
@@ -165,6 +192,12 @@ class Store:
         self._kind_keys: dict[str, list[ObjectKey]] = {}
         self._unsorted_kinds: set[str] = set()
         self._kind_key_tuples: dict[str, tuple[ObjectKey, ...]] = {}
+        # How many times an object of each kind was put in or taken out of
+        # the visible objects (even for an equal one): while a kind's count
+        # stands still, its objects are the very same ones, so what was
+        # worked out from them still holds. `_lineage` tells stores apart.
+        self._lineage = object()
+        self._replaced: dict[str, int] = {}
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call `subscriber` after every change; returns a function that unsubscribes.
@@ -182,8 +215,12 @@ class Store:
                 slices=self._slices,
                 secret_users=self._secret_users,
                 kind_keys=self._sorted_kind_keys(),
+                generations=(self._lineage, dict(self._replaced)),
             )
         return self._view
+
+    def _count_replaced(self, kind: str) -> None:
+        self._replaced[kind] = self._replaced.get(kind, 0) + 1
 
     def _sorted_kind_keys(self) -> dict[str, tuple[ObjectKey, ...]]:
         for kind in self._unsorted_kinds:
@@ -252,6 +289,7 @@ class Store:
             return False
         self._parked.pop(obj.key, None)
         old = self._objects.get(obj.key)
+        self._count_replaced(obj.kind)
         if old == obj:
             # Keep the newer copy: its `source` (not part of equality) may
             # have moved to another file, and log lines should name that one.
@@ -280,6 +318,7 @@ class Store:
         self._origins.pop(key, None)
         if old is None:
             return False
+        self._count_replaced(key.kind)
         self._key_removed(key)
         self._unindex(old)
         self._view = None
@@ -308,6 +347,7 @@ class Store:
         parked = self._parked.pop(key, None)
         if parked is not None:
             self._objects[key] = parked
+            self._count_replaced(key.kind)
             self._key_added(key)
             self._view = None
             self._moved.add(key)
@@ -317,6 +357,7 @@ class Store:
         shown = self._objects.pop(key, None)
         if shown is not None:
             self._parked[key] = shown
+            self._count_replaced(key.kind)
             self._key_removed(key)
             self._view = None
             self._moved.add(key)

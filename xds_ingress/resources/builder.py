@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2
@@ -55,7 +54,7 @@ class ResourceBuilder:
         self._virtual_hosts: Memo[ir.VirtualHost, route_components_pb2.VirtualHost] = Memo()
         # Keyed by the backend with its endpoints left out: EndpointSlice churn
         # (the common change) must not rebuild, or re-version, the cluster.
-        self._clusters: Memo[tuple[object, ...], Message] = Memo()
+        self._clusters: Memo[ir.Backend, Message] = Memo(key=_without_endpoints)
         self._load_assignments: Memo[ir.Backend, Message] = Memo()
         # The gRPC methods of each route config, and the grpc_stats config of
         # them all: a route change that names no new method rebuilds nothing.
@@ -109,9 +108,9 @@ class ResourceBuilder:
             message = self._grpc_stats.get(methods, build_grpc_stats_extension)
             _add(resources, types.EXTENSION_CONFIG, GRPC_STATS, message)
         for backend in config.backends:
-            # build_cluster reads no endpoints; the key is every other field
+            # build_cluster reads no endpoints; its key is every other field
             # (a tuple: dataclasses.replace was a tenth of a warm build).
-            message = self._clusters.get(_without_endpoints(backend), _cluster_of(backend))
+            message = self._clusters.get(backend, build_cluster)
             _add(resources, types.CLUSTER, backend.name, message)
             message = self._load_assignments.get(backend, build_load_assignment)
             _add(resources, types.ENDPOINT, backend.name, message)
@@ -134,10 +133,6 @@ _without_endpoints = operator.attrgetter(
         if each.compare and each.name != "endpoints"
     )
 )
-
-
-def _cluster_of(backend: ir.Backend) -> Callable[[tuple[object, ...]], Message]:
-    return lambda _: build_cluster(backend)
 
 
 def _has_connection_manager(config: ir.Config) -> bool:

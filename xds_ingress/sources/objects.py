@@ -124,6 +124,9 @@ class KubeObject:
     # Made on first use: conditions name their object by it, several times
     # per object in every translation.
     _ref: ir.ObjectRef | None = field(default=None, init=False, repr=False, compare=False)
+    # Made on first use too: a NamedTuple's __new__ is Python code, and
+    # every translation asks each Ingress for its key.
+    _key: ObjectKey | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.body, types.MappingProxyType):
@@ -131,7 +134,11 @@ class KubeObject:
 
     @property
     def key(self) -> ObjectKey:
-        return ObjectKey(self.kind, self.namespace, self.name)
+        key = self._key
+        if key is None:
+            key = ObjectKey(self.kind, self.namespace, self.name)
+            object.__setattr__(self, "_key", key)
+        return key
 
     @property
     def ref(self) -> ir.ObjectRef:

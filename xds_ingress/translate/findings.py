@@ -37,11 +37,12 @@ class Findings:
 
     def accept(self, obj: KubeObject, *, message: str) -> None:
         """Mark `obj` Accepted, unless some part of it was rejected."""
-        if obj.ref in self._rejected:
-            return
-        self._add(
-            obj, type=ACCEPTED, status=ir.ConditionStatus.TRUE, reason=ACCEPTED, message=message
-        )
+        self.accept_condition(accepted_condition(obj, message=message))
+
+    def accept_condition(self, condition: ir.Condition) -> None:
+        """Add `condition`, an Accepted=True made earlier, unless its object was partly rejected."""
+        if condition.object not in self._rejected:
+            self._conditions.add(condition)
 
     def resolved(self, obj: KubeObject, *, message: str) -> None:
         """Mark `obj` ResolvedRefs True, unless some reference in it did not resolve."""
@@ -72,8 +73,21 @@ class Findings:
     def _add(
         self, obj: KubeObject, *, type: str, status: ir.ConditionStatus, reason: str, message: str
     ) -> None:
-        if len(message) > MAX_MESSAGE:
-            message = message[: MAX_MESSAGE - 1] + "…"
         self._conditions.add(
-            ir.Condition(object=obj.ref, type=type, status=status, reason=reason, message=message)
+            _condition(obj, type=type, status=status, reason=reason, message=message)
         )
+
+
+def accepted_condition(obj: KubeObject, *, message: str) -> ir.Condition:
+    """`obj` is Accepted (see Findings.accept_condition)."""
+    return _condition(
+        obj, type=ACCEPTED, status=ir.ConditionStatus.TRUE, reason=ACCEPTED, message=message
+    )
+
+
+def _condition(
+    obj: KubeObject, *, type: str, status: ir.ConditionStatus, reason: str, message: str
+) -> ir.Condition:
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
+    return ir.Condition(object=obj.ref, type=type, status=status, reason=reason, message=message)

@@ -27,6 +27,7 @@ from xds_ingress.translate.backends import ResolvedBackends
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.rules import Candidate
 from xds_ingress.translate.tls_rules import TlsRequest
+from xds_ingress.translate.validation import Invalid
 
 T = TypeVar("T")
 
@@ -75,9 +76,10 @@ class ObjectMemo(Generic[T]):
 
 
 K = TypeVar("K", bound=Hashable)
+I = TypeVar("I", bound=tuple[object, ...])  # noqa: E741 (the inputs)
 
 
-class DerivedMemo(Generic[K, T]):
+class DerivedMemo(Generic[K, I, T]):
     """Values made from a few inputs, reused while the inputs are equal.
 
     The inputs are compared with `==` on a tuple, which takes identical
@@ -86,15 +88,16 @@ class DerivedMemo(Generic[K, T]):
     """
 
     def __init__(self) -> None:
-        self._previous: dict[K, tuple[tuple[object, ...], T]] = {}
-        self._current: dict[K, tuple[tuple[object, ...], T]] = {}
+        self._previous: dict[K, tuple[I, T]] = {}
+        self._current: dict[K, tuple[I, T]] = {}
 
-    def get(self, key: K, inputs: tuple[object, ...], make: Callable[[], T]) -> T:
+    def get(self, key: K, inputs: I, make: Callable[[I], T]) -> T:
+        """What `make(inputs)` gave for `key` last time, if the inputs are the same."""
         entry = self._current.get(key)
         if entry is None:
             entry = self._previous.get(key)
         if entry is None or entry[0] != inputs:
-            entry = (inputs, make())
+            entry = (inputs, make(inputs))
         self._current[key] = entry
         return entry[1]
 
@@ -104,6 +107,12 @@ class DerivedMemo(Generic[K, T]):
         self._current = {}
 
 
+# A route's inputs: the candidate, what its backend resolved to, its policy.
+RouteInputs = tuple[Candidate, "ir.Backend | Invalid", ir.RoutePolicy]
+# A virtual host's inputs: its host and its routes in order.
+VirtualHostInputs = tuple[str, tuple[ir.Route, ...]]
+
+
 class TranslationMemo:
     """Every memo one translator keeps between translations; pass the same one each time."""
 
@@ -111,11 +120,13 @@ class TranslationMemo:
         self.options: ObjectMemo[IngressOptions] = ObjectMemo()
         self.candidates: ObjectMemo[tuple[Candidate, ...]] = ObjectMemo()
         self.tls_requests: ObjectMemo[tuple[TlsRequest, ...]] = ObjectMemo()
+        # Its Accepted=True condition (given unless a part of it was rejected).
+        self.accepted: ObjectMemo[ir.Condition] = ObjectMemo()
         self.backends = ResolvedBackends()
         # By the id of the Candidate (held in the inputs): its route.
-        self.routes: DerivedMemo[int, ir.Route] = DerivedMemo()
+        self.routes: DerivedMemo[int, RouteInputs, ir.Route] = DerivedMemo()
         # By host: its virtual host, made from its routes in order.
-        self.virtual_hosts: DerivedMemo[str, ir.VirtualHost] = DerivedMemo()
+        self.virtual_hosts: DerivedMemo[str, VirtualHostInputs, ir.VirtualHost] = DerivedMemo()
 
     def rotate(self) -> None:
         """End a translation: each memo keeps what it used and drops the rest."""
@@ -123,6 +134,7 @@ class TranslationMemo:
             self.options,
             self.candidates,
             self.tls_requests,
+            self.accepted,
             self.backends,
             self.routes,
             self.virtual_hosts,

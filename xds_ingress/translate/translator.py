@@ -13,7 +13,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from functools import partial
 
 from xds_ingress import gc_pause, ir
 from xds_ingress.sources.objects import INGRESS, KubeObject, ObjectKey
@@ -22,11 +21,16 @@ from xds_ingress.translate.annotations import IngressOptions, ingress_options
 from xds_ingress.translate.backends import BackendResolver
 from xds_ingress.translate.certificates import CertificateCache
 from xds_ingress.translate.classes import ClassPolicy
-from xds_ingress.translate.findings import Findings
+from xds_ingress.translate.findings import Findings, accepted_condition
 from xds_ingress.translate.gateway_routes import gateway_routes, merged_virtual_hosts
 from xds_ingress.translate.gateways import Gateways
 from xds_ingress.translate.https import https_config
-from xds_ingress.translate.memo import DerivedMemo, TranslationMemo
+from xds_ingress.translate.memo import (
+    DerivedMemo,
+    RouteInputs,
+    TranslationMemo,
+    VirtualHostInputs,
+)
 from xds_ingress.translate.precedence import host_order, resolve_conflicts, route_order
 from xds_ingress.translate.rules import Candidate, ingress_candidates
 from xds_ingress.translate.settings import ListenerSettings
@@ -123,7 +127,7 @@ def _translate(
     )
     cache.rotate()
     for ingress in ingresses:
-        findings.accept(ingress, message="the Ingress is served by xds-ingress")
+        findings.accept_condition(memo.accepted.get(ingress, _accepted, findings=findings))
     gateways.finish()
     config = ir.Config(
         listeners=(
@@ -173,6 +177,10 @@ def _options(ingress: KubeObject, findings: Findings) -> IngressOptions:
         return IngressOptions()
 
 
+def _accepted(ingress: KubeObject, findings: Findings) -> ir.Condition:
+    return accepted_condition(ingress, message="the Ingress is served by xds-ingress")
+
+
 def _tls_requests(ingress: KubeObject, findings: Findings) -> tuple[TlsRequest, ...]:
     try:
         return tuple(tls_requests(ingress, findings=findings))
@@ -194,7 +202,7 @@ def _routes(
     resolver: BackendResolver,
     options: Mapping[ObjectKey, IngressOptions],
     findings: Findings,
-    memo: DerivedMemo[int, ir.Route],
+    memo: DerivedMemo[int, RouteInputs, ir.Route],
 ) -> tuple[RoutesByHost, dict[str, ir.Backend]]:
     """Routes by host, and the backends they forward to (and no others)."""
     routes: RoutesByHost = defaultdict(list)
@@ -207,25 +215,22 @@ def _routes(
             if isinstance(ref, Invalid)
             else resolver.resolve(ref, protocol=chosen.backend_protocol)
         )
-        action: ir.RouteAction
         if isinstance(resolved, Invalid):
             # Keep the route, answering 503: the path stays ours, and it heals
             # by itself when the Service appears.
             message = f"{candidate.where}: {resolved.message}"
             findings.unresolved(candidate.origin, reason=resolved.reason, message=message)
-            # The body names the reason only: Service names are internal.
-            body = f"xds-ingress: {resolved.reason}\n"
-            action = ir.DirectResponse(status=UNAVAILABLE, body=body)
         else:
             backends[resolved.name] = resolved
-            action = ir.Forward(backend=resolved.name, policy=chosen.policy)
-        route = memo.get(id(candidate), (candidate, action), partial(_route, candidate, action))
+        # Unchanged, all three inputs are the very objects of last time: the
+        # route is found without comparing anything inside them.
+        route = memo.get(id(candidate), (candidate, resolved, chosen.policy), _route)
         routes[candidate.host].append((candidate, route))
     return routes, backends
 
 
 def _virtual_hosts(
-    routes: RoutesByHost, *, memo: DerivedMemo[str, ir.VirtualHost]
+    routes: RoutesByHost, *, memo: DerivedMemo[str, VirtualHostInputs, ir.VirtualHost]
 ) -> tuple[ir.VirtualHost, ...]:
     hosts = []
     for host in sorted(routes, key=host_order):
@@ -233,8 +238,12 @@ def _virtual_hosts(
         if len(found) > 1:
             found = sorted(found, key=lambda r: route_order(r[0]))
         ordered = tuple(route for _, route in found)
-        hosts.append(memo.get(host, ordered, partial(_virtual_host, host, ordered)))
+        hosts.append(memo.get(host, (host, ordered), _virtual_host_of))
     return tuple(hosts)
+
+
+def _virtual_host_of(inputs: VirtualHostInputs) -> ir.VirtualHost:
+    return _virtual_host(*inputs)
 
 
 def _virtual_host(host: str, routes: tuple[ir.Route, ...]) -> ir.VirtualHost:
@@ -258,7 +267,14 @@ def _merged_virtual_hosts(
     )
 
 
-def _route(candidate: Candidate, action: ir.RouteAction) -> ir.Route:
+def _route(inputs: RouteInputs) -> ir.Route:
+    candidate, resolved, policy = inputs
+    action: ir.RouteAction
+    if isinstance(resolved, Invalid):
+        # The body names the reason only: Service names are internal.
+        action = ir.DirectResponse(status=UNAVAILABLE, body=f"xds-ingress: {resolved.reason}\n")
+    else:
+        action = ir.Forward(backend=resolved.name, policy=policy)
     origin = candidate.origin
     what = (
         "defaultBackend"
