@@ -44,7 +44,7 @@ async def test_nothing_is_built_before_the_barrier_and_the_first_build_is_not_re
 BUILD_SECONDS = 0.3
 
 
-async def test_a_lone_change_is_built_at_once_and_a_burst_after_it_is_held_off() -> None:
+async def test_a_lone_change_waits_at_most_a_builds_time_and_a_burst_is_held_off() -> None:
     cache = SnapshotCache()
 
     def slow_translate() -> ir.Translation:
@@ -70,19 +70,26 @@ async def test_a_lone_change_is_built_at_once_and_a_burst_after_it_is_held_off()
         pipeline.changed()
         await asyncio.sleep(BUILD_SECONDS + 0.05)
         assert pipeline.report.builds == 2, "a lone change waited out the holdoff"
-        # Right after that build, within a build's time: the holdoff applies.
+        # Right after that build, within a build's time: a lone change
+        # waits for the rest of that time only, not the holdoff.
+        pipeline.changed()
+        await asyncio.sleep(2 * BUILD_SECONDS + 0.1)
+        assert pipeline.report.builds == 3, "a lone change waited out the holdoff"
+        # Changes that keep coming (a burst) right after a build: held off.
+        pipeline.changed()
+        await asyncio.sleep(0.1)
         pipeline.changed()
         await asyncio.sleep(0.5)
-        assert pipeline.report.builds == 2, "a change in a burst was not held off"
-        await asyncio.sleep(0.8 + BUILD_SECONDS)
-        assert pipeline.report.builds == 3
+        assert pipeline.report.builds == 3, "a burst was not held off"
+        await asyncio.sleep(0.6 + BUILD_SECONDS)
+        assert pipeline.report.builds == 4
         # Longer after a build than it took, though well within the
         # holdoff: a lone change again (changes made one by one, each
         # after the last was applied, are not held back).
         await asyncio.sleep(BUILD_SECONDS + 0.2)
         pipeline.changed()
         await asyncio.sleep(BUILD_SECONDS + 0.05)
-        assert pipeline.report.builds == 4, "a change after the build's own time waited"
+        assert pipeline.report.builds == 5, "a change after the build's own time waited"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -338,10 +338,10 @@ def test_the_memo_forgets_a_deleted_ingress_one_translation_later() -> None:
     store = _store_with(["a", "b"])
     memo = TranslationMemo()
     translate(store.view(), settings=SETTINGS, memo=memo)
-    assert len(memo.options) == 2
+    assert len(memo.ingresses) == 2
     store.delete(ObjectKey("Ingress", NAMESPACE, "b"), origin="test")
     translate(store.view(), settings=SETTINGS, memo=memo)
-    assert len(memo.options) == 1
+    assert len(memo.ingresses) == 1
 
 
 def test_one_service_ref_resolved_for_another_protocol_is_not_taken_from_the_memo() -> None:

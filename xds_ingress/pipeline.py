@@ -5,8 +5,9 @@ and a maximum holdoff (never wait longer than this after the first), so a
 burst of edits costs one rebuild and a steady trickle still gets through.
 A change after a quiet spell is built at once, without the holdoff: quiet
 meaning no build for as long as the last build took (or the holdoff, if
-shorter), so lone edits never wait while builds still take at most about
-half the time under a stream of them.
+shorter), so builds take at most about half the time under a stream of
+changes. A lone change that comes sooner waits only for the rest of that
+spell; the holdoff is for changes that keep coming.
 Nothing is published before the sources have finished their first read (the
 startup barrier): an Envoy must never see a half-empty configuration.
 
@@ -165,12 +166,18 @@ class Pipeline:
 
     async def _hold_off(self) -> None:
         # The first change after a quiet spell is built at once: a lone edit
-        # should not wait out a holdoff meant for bursts. The changes that
-        # follow it, while it builds or within a build's time of it, are
-        # what the holdoff batches.
+        # should not wait out a holdoff meant for bursts. One that comes
+        # sooner waits only for the rest of the quiet spell, so builds still
+        # take at most about half the time; the holdoff batches a burst,
+        # i.e. changes that keep coming meanwhile.
         first_change = self._first_change
-        quiet_spell = min(self._holdoff(), self._build_seconds)
-        if first_change is not None and first_change - self._built_at >= quiet_spell:
+        quiet_at = self._built_at + min(self._holdoff(), self._build_seconds)
+        if first_change is None or first_change >= quiet_at:
+            return
+        now = time.monotonic()
+        if now < quiet_at:
+            await asyncio.sleep(quiet_at - now)
+        if self._last_change == first_change:
             return
         while True:
             now = time.monotonic()

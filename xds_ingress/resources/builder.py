@@ -49,6 +49,8 @@ class ResourceBuilder:
         self._secrets: Memo[ir.TlsCertificate, Message] = Memo()
         self._ca_secrets: Memo[ir.CaBundle, Message] = Memo()
         self._route_configs: Memo[ir.RouteConfig, Message] = Memo()
+        # Counts the route configs built (not found in the memo).
+        self._route_configs_built = 0
         # A route config is rebuilt whenever any of its hosts changes; keeping
         # the hosts too makes that a copy of the unchanged ones, not a rebuild.
         self._virtual_hosts: Memo[ir.VirtualHost, route_components_pb2.VirtualHost] = Memo()
@@ -95,12 +97,15 @@ class ResourceBuilder:
             message = self._ca_secrets.get(bundle, build_ca_secret)
             _add(resources, types.SECRET, bundle.name, message)
         for route_config in config.route_configs:
+            built = self._route_configs_built
             message = self._route_configs.get(route_config, self._build_route_configuration)
             _add(resources, types.ROUTE, route_config.name, message)
-            # Keep the hosts of an unchanged route config memoised too, so the
-            # day one of them changes the others are copied, not rebuilt.
-            for vhost in route_config.virtual_hosts:
-                self._virtual_hosts.get(vhost, build_virtual_host)
+            if built == self._route_configs_built:
+                # Unchanged: keep its hosts memoised too, so the day one of
+                # them changes the others are copied, not rebuilt. (A rebuilt
+                # one has just looked every host up.)
+                for vhost in route_config.virtual_hosts:
+                    self._virtual_hosts.get(vhost, build_virtual_host)
         if _has_connection_manager(config):
             methods = frozenset[GrpcMethod]().union(
                 *(self._methods.get(each, routed_methods) for each in config.route_configs)
@@ -119,6 +124,7 @@ class ResourceBuilder:
         return resources
 
     def _build_route_configuration(self, route_config: ir.RouteConfig) -> Message:
+        self._route_configs_built += 1
         return build_route_configuration(
             route_config,
             virtual_host=lambda vhost: self._virtual_hosts.get(vhost, build_virtual_host),

@@ -51,19 +51,21 @@ class StoreTranslator:
         # Positions in `_last.config.backends` of the Backends fed by each
         # Service: a refresh touches those, not a walk over every Backend.
         # The fast path only replaces Backends in place, so positions hold
-        # until the next full translation.
-        self._fed_by: dict[NamespacedName, list[int]] = {}
+        # until the next full translation. Worked out on the first refresh
+        # after it (None until then): a full translation after an Ingress
+        # change should not pay for it.
+        self._fed_by: dict[NamespacedName, list[int]] | None = None
         # The EndpointSlices `_last` has conditions on: a refresh of others
         # that finds nothing wrong keeps the conditions as they are, rather
-        # than filter every condition of every object.
-        self._conditioned_slices: frozenset[ir.ObjectRef] = frozenset()
+        # than filter every condition of every object. Also made on first use.
+        self._conditioned_slices: frozenset[ir.ObjectRef] | None = None
 
     def full(self) -> ir.Translation:
         view = self._view()
         translation = self._translate(view)
         self._last_view, self._last = view, translation
-        self._fed_by = _positions_by_service(translation.config.backends)
-        self._conditioned_slices = _slice_refs(translation.conditions)
+        self._fed_by = None
+        self._conditioned_slices = None
         return translation
 
     def endpoints(self, changed: Iterable[ObjectKey]) -> EndpointRefresh | None:
@@ -77,6 +79,10 @@ class StoreTranslator:
             return None
         if any(key.kind != ENDPOINT_SLICE for key in keys):
             return None
+        if self._fed_by is None:
+            self._fed_by = _positions_by_service(self._last.config.backends)
+        if self._conditioned_slices is None:
+            self._conditioned_slices = _slice_refs(self._last.conditions)
         old_view, view = self._last_view, self._view()
         services = _services(keys, views=(old_view, view))
         findings = Findings()

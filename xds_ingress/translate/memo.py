@@ -33,6 +33,17 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class IngressReading:
+    """What one Ingress says on its own: one memo entry, one lookup per translation."""
+
+    options: IngressOptions
+    candidates: tuple[Candidate, ...]
+    tls_requests: tuple[TlsRequest, ...]
+    # Given unless some part of it is rejected, by this reading or later steps.
+    accepted: ir.Condition
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry(Generic[T]):
     # Held so that its id cannot be reused while the entry lives.
     obj: KubeObject
@@ -117,11 +128,7 @@ class TranslationMemo:
     """Every memo one translator keeps between translations; pass the same one each time."""
 
     def __init__(self) -> None:
-        self.options: ObjectMemo[IngressOptions] = ObjectMemo()
-        self.candidates: ObjectMemo[tuple[Candidate, ...]] = ObjectMemo()
-        self.tls_requests: ObjectMemo[tuple[TlsRequest, ...]] = ObjectMemo()
-        # Its Accepted=True condition (given unless a part of it was rejected).
-        self.accepted: ObjectMemo[ir.Condition] = ObjectMemo()
+        self.ingresses: ObjectMemo[IngressReading] = ObjectMemo()
         self.backends = ResolvedBackends()
         # By the id of the Candidate (held in the inputs): its route.
         self.routes: DerivedMemo[int, RouteInputs, ir.Route] = DerivedMemo()
@@ -131,10 +138,7 @@ class TranslationMemo:
     def rotate(self) -> None:
         """End a translation: each memo keeps what it used and drops the rest."""
         for memo in (
-            self.options,
-            self.candidates,
-            self.tls_requests,
-            self.accepted,
+            self.ingresses,
             self.backends,
             self.routes,
             self.virtual_hosts,

@@ -27,6 +27,7 @@ from xds_ingress.translate.gateways import Gateways
 from xds_ingress.translate.https import https_config
 from xds_ingress.translate.memo import (
     DerivedMemo,
+    IngressReading,
     RouteInputs,
     TranslationMemo,
     VirtualHostInputs,
@@ -82,14 +83,11 @@ def _translate(
     policy = ClassPolicy.build(view, settings=settings)
     ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
     # Read for every Ingress, routes won or not, so each bad value is reported.
+    readings = [memo.ingresses.get(ingress, _reading, findings=findings) for ingress in ingresses]
     options = {
-        ingress.key: memo.options.get(ingress, _options, findings=findings) for ingress in ingresses
+        ingress.key: reading.options for ingress, reading in zip(ingresses, readings, strict=True)
     }
-    candidates = [
-        candidate
-        for ingress in ingresses
-        for candidate in memo.candidates.get(ingress, _candidates, findings=findings)
-    ]
+    candidates = [candidate for reading in readings for candidate in reading.candidates]
     winners = resolve_conflicts(candidates, findings=findings)
     resolver = BackendResolver(view, findings=findings, memo=memo.backends)
     routes, backends = _routes(
@@ -111,11 +109,7 @@ def _translate(
     # attached to a plain HTTP listener must not become reachable over TLS.
     https = https_config(
         [
-            *(
-                request
-                for ingress in ingresses
-                for request in memo.tls_requests.get(ingress, _tls_requests, findings=findings)
-            ),
+            *(request for reading in readings for request in reading.tls_requests),
             *gateways.tls_requests(),
         ],
         view=view,
@@ -126,8 +120,8 @@ def _translate(
         cache=cache,
     )
     cache.rotate()
-    for ingress in ingresses:
-        findings.accept_condition(memo.accepted.get(ingress, _accepted, findings=findings))
+    for reading in readings:
+        findings.accept_condition(reading.accepted)
     gateways.finish()
     config = ir.Config(
         listeners=(
@@ -155,6 +149,15 @@ def _translate(
 # The readings of one Ingress alone (memoised per object, see memo.py).
 
 
+def _reading(ingress: KubeObject, findings: Findings) -> IngressReading:
+    return IngressReading(
+        options=_options(ingress, findings),
+        candidates=_candidates(ingress, findings),
+        tls_requests=_tls_requests(ingress, findings),
+        accepted=accepted_condition(ingress, message="the Ingress is served by xds-ingress"),
+    )
+
+
 def _candidates(ingress: KubeObject, findings: Findings) -> tuple[Candidate, ...]:
     try:
         return tuple(ingress_candidates(ingress, findings=findings))
@@ -175,10 +178,6 @@ def _options(ingress: KubeObject, findings: Findings) -> IngressOptions:
         message = "xds-ingress failed to read its annotations; defaults are used"
         findings.rejected(ingress, reason="InternalError", message=message)
         return IngressOptions()
-
-
-def _accepted(ingress: KubeObject, findings: Findings) -> ir.Condition:
-    return accepted_condition(ingress, message="the Ingress is served by xds-ingress")
 
 
 def _tls_requests(ingress: KubeObject, findings: Findings) -> tuple[TlsRequest, ...]:
