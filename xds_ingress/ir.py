@@ -13,11 +13,11 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-# _HASHED_ONCE: Backend, VirtualHost, RouteConfig and Condition cache their hash. A
-# frozen dataclass hashes its whole tree on every call, and the resource
-# builder's memos hash every one of them on every build: at 3000 hosts that
-# was most of a build after a one-host change. A value built anew (replace()
-# included) starts without one.
+# _HASHED_ONCE: ObjectRef, Backend, VirtualHost, RouteConfig and Condition
+# cache their hash. A frozen dataclass hashes its whole tree on every call,
+# and the resource builder's memos hash every one of them on every build: at
+# 3000 hosts that was most of a build after a one-host change. A value built
+# anew (replace() included) starts without one.
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -32,6 +32,15 @@ class ObjectRef:
     namespace: str
     name: str
     source: str = field(default="", compare=False)
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Cached (see _HASHED_ONCE at the top): every object has one, made once
+        # (KubeObject.ref), and sets of them are made on every build.
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash((self.kind, self.namespace, self.name)))
+        assert self._hash is not None
+        return self._hash
 
     def __str__(self) -> str:
         where = f" ({self.source})" if self.source else ""
@@ -468,4 +477,5 @@ def condition_order(condition: Condition) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class Translation:
     config: Config
+    # Sorted (condition_order), so consumers need not sort them again.
     conditions: tuple[Condition, ...] = ()

@@ -61,6 +61,8 @@ class StatusStage:
 
     def conditions(self) -> tuple[ir.Condition, ...]:
         """Every condition now: translate's, and Programmed=False for rejected objects."""
+        if not self._programmed:
+            return self._translated  # sorted already (ir.Translation)
         return tuple(sorted((*self._translated, *self._programmed), key=ir.condition_order))
 
     def programmed(self) -> tuple[ir.Condition, ...]:

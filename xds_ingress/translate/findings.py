@@ -17,7 +17,10 @@ class Findings:
     """A per-call collector; translate creates one and returns its conditions."""
 
     def __init__(self) -> None:
-        self._conditions: set[ir.Condition] = set()
+        # A dict for its order: conditions mostly come in object order, which
+        # the final sort then finds in long runs (a set's order made it a
+        # full sort of thousands).
+        self._conditions: dict[ir.Condition, None] = {}
         self._rejected: set[ir.ObjectRef] = set()
         self._unresolved: set[ir.ObjectRef] = set()
 
@@ -42,7 +45,7 @@ class Findings:
     def accept_condition(self, condition: ir.Condition) -> None:
         """Add `condition`, an Accepted=True made earlier, unless its object was partly rejected."""
         if condition.object not in self._rejected:
-            self._conditions.add(condition)
+            self._conditions[condition] = None
 
     def resolved(self, obj: KubeObject, *, message: str) -> None:
         """Mark `obj` ResolvedRefs True, unless some reference in it did not resolve."""
@@ -63,7 +66,7 @@ class Findings:
     def extend(self, other: Findings) -> None:
         """Take in what `other` found (a memoised result's findings, replayed)."""
         if other._conditions:
-            self._conditions |= other._conditions
+            self._conditions.update(other._conditions)
             self._rejected |= other._rejected
             self._unresolved |= other._unresolved
 
@@ -73,9 +76,8 @@ class Findings:
     def _add(
         self, obj: KubeObject, *, type: str, status: ir.ConditionStatus, reason: str, message: str
     ) -> None:
-        self._conditions.add(
-            _condition(obj, type=type, status=status, reason=reason, message=message)
-        )
+        condition = _condition(obj, type=type, status=status, reason=reason, message=message)
+        self._conditions[condition] = None
 
 
 def accepted_condition(obj: KubeObject, *, message: str) -> ir.Condition:
