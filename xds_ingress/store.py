@@ -149,7 +149,7 @@ class StoreView:
         return found
 
     def generations(self, kinds: Iterable[str]) -> tuple[object, ...] | None:
-        """Equal for two views of one store exactly when every object of `kinds` is the same object.
+        """Equal for two views only if each holds the very same objects of `kinds`.
 
         None when unknown (a view made without a store).
         """
