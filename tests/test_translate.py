@@ -13,7 +13,7 @@ from xds_ingress import ir
 from xds_ingress.sources.file import FileSource
 from xds_ingress.sources.objects import KubeObject, parse_object
 from xds_ingress.store import Store
-from xds_ingress.translate import ListenerSettings, translate
+from xds_ingress.translate import ListenerSettings, translate, translator
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 SETTINGS = ListenerSettings(
@@ -703,6 +703,29 @@ def test_translate_never_raises_on_garbage(spec: Any) -> None:
     store.replace_all([*(parse_object(b) for b in bodies), raw], origin="test")
     translation = translate(store.view(), settings=SETTINGS)
     assert all(c.reason != "InternalError" for c in translation.conditions)
+
+
+@pytest.mark.parametrize("reader", ["ingress_options", "ingress_candidates", "tls_requests"])
+def test_a_translator_bug_on_one_ingress_costs_that_ingress_only(
+    monkeypatch: pytest.MonkeyPatch, reader: str
+) -> None:
+    healthy = routing(run(*_world()))
+    real = getattr(translator, reader)
+
+    def broken(ingress: KubeObject, *, findings: Any) -> Any:
+        if ingress.name == "two":
+            raise RuntimeError("a translator bug")
+        return real(ingress, findings=findings)
+
+    monkeypatch.setattr(translator, reader, broken)
+    translation = run(*_world())
+    internal = [c for c in translation.conditions if c.reason == "InternalError"]
+    assert [(c.object.name, c.type, c.status) for c in internal] == [
+        ("two", "Accepted", ir.ConditionStatus.FALSE)
+    ]
+    assert internal[0].message.startswith("xds-ingress failed to ")
+    # Ingress "one" keeps its routes on the host it shares with "two".
+    assert routing(translation)["x.example.com"] == healthy["x.example.com"]
 
 
 def _world() -> list[dict[str, Any]]:

@@ -589,18 +589,20 @@ def coherent(draw: Draw) -> list[Document]:
     return [service, slice_, routed, gw]
 
 
+# Any one object of the kinds translation reads, generated without regard to the others.
+any_object = st.one_of(
+    ingress(),
+    service(),
+    endpoint_slice(),
+    secret(),
+    gateway(),
+    route(kind="GRPCRoute"),
+    route(kind="HTTPRoute"),
+)
 documents = st.tuples(
     st.one_of(st.just([]), coherent()),
     st.lists(
-        st.one_of(
-            ingress(),
-            service(),
-            endpoint_slice(),
-            secret(),
-            gateway(),
-            route(kind="GRPCRoute"),
-            route(kind="HTTPRoute"),
-        ),
+        any_object,
         min_size=1,
         max_size=8,
     ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import test_endpoint_fast_path as fast_path_bodies
 from hypothesis import given
 from hypothesis import strategies as st
 from test_translate_properties import (
@@ -19,13 +20,8 @@ from test_translate_properties import (
     SETTINGS,
     Document,
     Draw,
+    any_object,
     documents,
-    endpoint_slice,
-    gateway,
-    ingress,
-    route,
-    secret,
-    service,
 )
 
 from xds_ingress import ir
@@ -152,19 +148,10 @@ plausible_steps = st.tuples(
         max_size=6,
     ),
 ).map(lambda parts: [(parts[0], []), *parts[1]])
-one_object = st.one_of(
-    ingress(),
-    service(),
-    endpoint_slice(),
-    secret(),
-    gateway(),
-    route(kind="GRPCRoute"),
-    route(kind="HTTPRoute"),
-)
 generic_steps = st.tuples(
     documents,
     st.lists(
-        st.tuples(st.lists(one_object, max_size=2), st.lists(st.integers(0, 50), max_size=1)),
+        st.tuples(st.lists(any_object, max_size=2), st.lists(st.integers(0, 50), max_size=1)),
         min_size=1,
         max_size=5,
     ),
@@ -221,44 +208,15 @@ def routed_service(name: str, *, port_name: str = "grpc") -> dict[str, Any]:
 
 
 def routed_slice(service: str, address: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{service}-1",
-            "namespace": NAMESPACE,
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "grpc", "port": 9000}],
-        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
-    }
+    return fast_path_bodies.endpoint_slice(f"{service}-1", service=service, addresses=[address])
 
 
 def routed_ingress(
     name: str, *, host: str, annotations: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations or {}},
-        "spec": {
-            "rules": [
-                {
-                    "host": host,
-                    "http": {
-                        "paths": [
-                            {
-                                "path": "/",
-                                "pathType": "Prefix",
-                                "backend": {"service": {"name": name, "port": {"number": 50051}}},
-                            }
-                        ]
-                    },
-                }
-            ]
-        },
-    }
+    body = fast_path_bodies.ingress(name, host=host, service=name)
+    body["metadata"]["annotations"] = annotations or {}
+    return body
 
 
 def _store_with(names: list[str]) -> Store:

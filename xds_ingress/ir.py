@@ -10,14 +10,31 @@ order of objects in the sources never changes the output.
 from __future__ import annotations
 
 import enum
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # _HASHED_ONCE: ObjectRef, Backend, VirtualHost, RouteConfig and Condition
 # cache their hash. A frozen dataclass hashes its whole tree on every call,
 # and the resource builder's memos hash every one of them on every build: at
 # 3000 hosts that was most of a build after a one-host change. A value built
 # anew (replace() included) starts without one.
+
+
+def _hashed_once(*names: str) -> Callable[[Any], int]:
+    """A __hash__ over the fields `names`, worked out once and kept in `_hash`."""
+    fields_of = operator.attrgetter(*names)
+
+    def __hash__(self: Any) -> int:
+        found: int | None = self._hash
+        if found is None:
+            found = hash(fields_of(self))
+            object.__setattr__(self, "_hash", found)
+        return found
+
+    return __hash__
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -34,13 +51,7 @@ class ObjectRef:
     source: str = field(default="", compare=False)
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __hash__(self) -> int:
-        # Cached (see _HASHED_ONCE at the top): every object has one, made once
-        # (KubeObject.ref), and sets of them are made on every build.
-        if self._hash is None:
-            object.__setattr__(self, "_hash", hash((self.kind, self.namespace, self.name)))
-        assert self._hash is not None
-        return self._hash
+    __hash__ = _hashed_once("kind", "namespace", "name")
 
     def __str__(self) -> str:
         where = f" ({self.source})" if self.source else ""
@@ -147,26 +158,9 @@ class Backend:
     load_balancer: LoadBalancer = LoadBalancer.ROUND_ROBIN
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __hash__(self) -> int:
-        # Cached (see _HASHED_ONCE at the top).
-        if self._hash is None:
-            object.__setattr__(
-                self,
-                "_hash",
-                hash(
-                    (
-                        self.name,
-                        self.protocol,
-                        self.endpoints,
-                        self.tls,
-                        self.health_check,
-                        self.endpoint_source,
-                        self.load_balancer,
-                    )
-                ),
-            )
-        assert self._hash is not None
-        return self._hash
+    __hash__ = _hashed_once(
+        "name", "protocol", "endpoints", "tls", "health_check", "endpoint_source", "load_balancer"
+    )
 
 
 class PathMatchType(enum.StrEnum):
@@ -304,12 +298,7 @@ class VirtualHost:
     routes: tuple[Route, ...]
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __hash__(self) -> int:
-        # Cached (see _HASHED_ONCE at the top).
-        if self._hash is None:
-            object.__setattr__(self, "_hash", hash((self.name, self.domains, self.routes)))
-        assert self._hash is not None
-        return self._hash
+    __hash__ = _hashed_once("name", "domains", "routes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,12 +307,7 @@ class RouteConfig:
     virtual_hosts: tuple[VirtualHost, ...]
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __hash__(self) -> int:
-        # Cached (see _HASHED_ONCE at the top).
-        if self._hash is None:
-            object.__setattr__(self, "_hash", hash((self.name, self.virtual_hosts)))
-        assert self._hash is not None
-        return self._hash
+    __hash__ = _hashed_once("name", "virtual_hosts")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -446,17 +430,7 @@ class Condition:
     message: str
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __hash__(self) -> int:
-        # Cached (see _HASHED_ONCE at the top): there is one per object, and
-        # each build puts them all in sets to find what is new.
-        if self._hash is None:
-            object.__setattr__(
-                self,
-                "_hash",
-                hash((self.object, self.type, self.status, self.reason, self.message)),
-            )
-        assert self._hash is not None
-        return self._hash
+    __hash__ = _hashed_once("object", "type", "status", "reason", "message")
 
 
 def condition_order(condition: Condition) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 from xds_ingress import gc_pause, ir
 from xds_ingress.sources.objects import INGRESS, KubeObject, ObjectKey
@@ -39,6 +40,9 @@ from xds_ingress.translate.tls_rules import TlsRequest, tls_requests
 from xds_ingress.translate.validation import Invalid
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 HTTP = "http"
 UNAVAILABLE = 503
@@ -151,43 +155,57 @@ def _translate(
 
 def _reading(ingress: KubeObject, findings: Findings) -> IngressReading:
     return IngressReading(
-        options=_options(ingress, findings),
-        candidates=_candidates(ingress, findings),
-        tls_requests=_tls_requests(ingress, findings),
+        options=_guarded(
+            ingress_options,
+            ingress,
+            findings,
+            failure="xds-ingress failed to read its annotations; defaults are used",
+            default=IngressOptions(),
+        ),
+        candidates=_guarded(
+            _all_candidates,
+            ingress,
+            findings,
+            failure="xds-ingress failed to translate it",
+            default=(),
+        ),
+        tls_requests=_guarded(
+            _all_tls_requests,
+            ingress,
+            findings,
+            failure="xds-ingress failed to translate its spec.tls",
+            default=(),
+        ),
         accepted=accepted_condition(ingress, message="the Ingress is served by xds-ingress"),
     )
 
 
-def _candidates(ingress: KubeObject, findings: Findings) -> tuple[Candidate, ...]:
+class _Read(Protocol[T_co]):
+    def __call__(self, ingress: KubeObject, *, findings: Findings) -> T_co: ...
+
+
+def _guarded(
+    read: _Read[T], ingress: KubeObject, findings: Findings, *, failure: str, default: T
+) -> T:
+    """`read(ingress, findings=findings)`, or `default` if it raises.
+
+    A translator bug on one odd object must not take down every other
+    Ingress's routes; the condition (`failure`) makes it visible.
+    """
     try:
-        return tuple(ingress_candidates(ingress, findings=findings))
+        return read(ingress, findings=findings)
     except Exception:
-        # A translator bug on one odd object must not take down every
-        # other Ingress's routes; the condition makes it visible.
-        log.exception("translating %s failed", ingress.ref)
-        message = "xds-ingress failed to translate it"
-        findings.rejected(ingress, reason="InternalError", message=message)
-        return ()
+        log.exception("%s: %s", ingress.ref, failure)
+        findings.rejected(ingress, reason="InternalError", message=failure)
+        return default
 
 
-def _options(ingress: KubeObject, findings: Findings) -> IngressOptions:
-    try:
-        return ingress_options(ingress, findings=findings)
-    except Exception:
-        log.exception("reading the annotations of %s failed", ingress.ref)
-        message = "xds-ingress failed to read its annotations; defaults are used"
-        findings.rejected(ingress, reason="InternalError", message=message)
-        return IngressOptions()
+def _all_candidates(ingress: KubeObject, *, findings: Findings) -> tuple[Candidate, ...]:
+    return tuple(ingress_candidates(ingress, findings=findings))
 
 
-def _tls_requests(ingress: KubeObject, findings: Findings) -> tuple[TlsRequest, ...]:
-    try:
-        return tuple(tls_requests(ingress, findings=findings))
-    except Exception:
-        log.exception("translating spec.tls of %s failed", ingress.ref)
-        message = "xds-ingress failed to translate its spec.tls"
-        findings.rejected(ingress, reason="InternalError", message=message)
-        return ()
+def _all_tls_requests(ingress: KubeObject, *, findings: Findings) -> tuple[TlsRequest, ...]:
+    return tuple(tls_requests(ingress, findings=findings))
 
 
 _DEFAULT_OPTIONS = IngressOptions()
