@@ -58,6 +58,10 @@ class MissingTestDependency(RuntimeError):
 # or the control plane bound it (CI: "Address already in use"). Ports here
 # are handed out only when someone asks for them by number.
 _UNEPHEMERAL_PORTS = range(20_000, 32_768)
+# Every port this process handed out: two asked for before either is bound
+# (an Envoy's admin and listener ports, say) are both free, and once in CI
+# they were the same port. Bounded by the ports a test run asks for.
+_HANDED_OUT: set[int] = set()
 
 
 def free_port(*, host: str = LOOPBACK) -> int:
@@ -73,12 +77,15 @@ def free_port(*, host: str = LOOPBACK) -> int:
     """
     for _ in range(200):
         port = random.choice(_UNEPHEMERAL_PORTS)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError(f"no free TCP port on {host} in {_UNEPHEMERAL_PORTS}")
 
 
