@@ -20,14 +20,9 @@ from typing import IO
 
 import psutil
 
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+# Re-exported: the scenarios import them from here.
+from bench.ports import LOOPBACK as LOOPBACK
+from bench.ports import free_port as free_port
 
 
 def accepts(port: int) -> bool:

@@ -75,6 +75,18 @@ METRICS: Final[Mapping[str, MetricSpec]] = {
     "cp_cpu_ms_per_route": MetricSpec("ms", "control plane CPU time per route added"),
     "routes_sent_p50_ms": MetricSpec("ms", "Ingress write → the new routes sent to Envoy, p50"),
     "routes_sent_p99_ms": MetricSpec("ms", "Ingress write → the new routes sent to Envoy, p99"),
+    "cluster_sent_p50_ms": MetricSpec(
+        "ms", "Ingress write → the new cluster sent (watch, holdoff, build), p50"
+    ),
+    "cluster_sent_p99_ms": MetricSpec(
+        "ms", "Ingress write → the new cluster sent (watch, holdoff, build), p99"
+    ),
+    "warming_p50_ms": MetricSpec(
+        "ms", "new cluster sent → new routes sent (its cluster and endpoints ACKed), p50"
+    ),
+    "warming_p99_ms": MetricSpec(
+        "ms", "new cluster sent → new routes sent (its cluster and endpoints ACKed), p99"
+    ),
     "envoy_rds_p50_ms": MetricSpec("ms", "new routes sent → Envoy's ACK of them, p50"),
     "envoy_rds_p99_ms": MetricSpec("ms", "new routes sent → Envoy's ACK of them, p99"),
     "timeouts": MetricSpec("routes", f"routes not working {ROUTE_TIMEOUT_SECONDS:g} s after"),
@@ -210,6 +222,12 @@ class RoutePropagationCase:
         # control plane's part (write → sent) and Envoy's (sent → ACK).
         sent: list[float] = []
         applied: list[float] = []
+        # The control plane's part split again: until the new cluster goes
+        # out (the watch, the holdoff, the build), then until the routes
+        # follow it (the warming gate waits for the cluster's and its
+        # endpoints' ACKs).
+        cluster_sent: list[float] = []
+        warming: list[float] = []
         probes = 0
         bad = 0
         timeouts = 0
@@ -244,10 +262,14 @@ class RoutePropagationCase:
                     if after.outcome is not grpc_probe.Outcome.OK:
                         bad += 1
                         self._note_bad(f"after success: {after.outcome.value} {after.text}")
-            times = _routes_acked_after(admin, envoy_proxy.node_id, wall_started)
-            if times is not None:
+            acked = _routes_acked_after(admin, envoy_proxy.node_id, wall_started)
+            if acked is not None:
+                times, cluster = acked
                 sent.append(times.sent_at - wall_started)
                 applied.append(times.acked_at - times.sent_at)
+                if cluster is not None and wall_started <= cluster.sent_at <= times.sent_at:
+                    cluster_sent.append(cluster.sent_at - wall_started)
+                    warming.append(times.sent_at - cluster.sent_at)
             if timeouts > 5:
                 raise TimeoutError(f"{timeouts} routes never worked; stopping this run")
             server.check_alive()
@@ -266,6 +288,10 @@ class RoutePropagationCase:
             "timeouts": timeouts,
             "routes_sent_p50_ms": percentile(sent, 50) * 1000,
             "routes_sent_p99_ms": percentile(sent, 99) * 1000,
+            "cluster_sent_p50_ms": percentile(cluster_sent, 50) * 1000,
+            "cluster_sent_p99_ms": percentile(cluster_sent, 99) * 1000,
+            "warming_p50_ms": percentile(warming, 50) * 1000,
+            "warming_p99_ms": percentile(warming, 99) * 1000,
             "envoy_rds_p50_ms": percentile(applied, 50) * 1000,
             "envoy_rds_p99_ms": percentile(applied, 99) * 1000,
         }
@@ -283,16 +309,18 @@ class RoutePropagationCase:
 
 def _routes_acked_after(
     admin: kube_stack.AdminClient, node_id: str, written_at: float
-) -> kube_stack.TypeTimes | None:
-    """The send and ACK times of the first routes sent after `written_at`, once ACKed.
+) -> tuple[kube_stack.TypeTimes, kube_stack.TypeTimes | None] | None:
+    """The send and ACK times of the first routes sent after `written_at`, once ACKed,
+    with those of the clusters last sent (the new route's cluster: nothing else changes).
 
     None if none is seen ACKed in time (counted out of those percentiles).
     """
     deadline = time.monotonic() + ACK_WAIT_SECONDS
     while time.monotonic() < deadline:
-        times = kube_stack.type_times(admin.list_nodes()).get(node_id)
+        nodes = admin.list_nodes()
+        times = kube_stack.type_times(nodes).get(node_id)
         if times is not None and times.sent_at >= written_at and times.acked_at >= times.sent_at:
-            return times
+            return times, kube_stack.type_times(nodes, kube_stack.CLUSTERS_TYPE).get(node_id)
         time.sleep(0.005)
     return None
 
