@@ -31,7 +31,7 @@ from ingress_harness import (
 from peers import CALL_SHAPES, CallShape, greet, wait_until
 from tls_certs import CertificateAuthority, Issued, tls_secret
 
-from xds_ingress.demo.backend import Greeter, GreeterBackend
+from xds_ingress.demo.backend import GREETER_SERVICE, Greeter, GreeterBackend
 from xds_ingress.demo.v1 import greeter_pb2, greeter_pb2_grpc
 
 pytestmark = pytest.mark.timeout(120)
@@ -210,6 +210,15 @@ async def test_a_call_answered_unavailable_is_retried_unless_retries_are_off(
             ingress("once", [rule("once.example.com", ("/", "Prefix", "flaky"))]),
             {"xds-ingress.io/retries": "0"},
         ),
+        # One host, two routes: the Greeter's retries nothing, the rest retries.
+        ingress("mixed", [rule("mixed.example.com", ("/", "Prefix", "flaky"))]),
+        annotated(
+            ingress(
+                "mixed-once",
+                [rule("mixed.example.com", (f"/{GREETER_SERVICE}", "Prefix", "flaky"))],
+            ),
+            {"xds-ingress.io/retries": "0"},
+        ),
     )
     await start(ingress_under_test)
     target = ingress_under_test.target
@@ -223,12 +232,17 @@ async def test_a_call_answered_unavailable_is_retried_unless_retries_are_off(
 
     await wait_until(lambda: routed("retried.example.com"), timeout=15, message="routed")
     await wait_until(lambda: routed("once.example.com"), timeout=15, message="routed")
+    await wait_until(lambda: routed("mixed.example.com"), timeout=15, message="routed")
 
     assert await call_once(target, "retried.example.com", "retry-me") is grpc.StatusCode.OK
     assert flaky.attempts["retry-me"] == 2
     # xds-ingress.io/retries: "0" hands the client the backend's answer.
     assert await call_once(target, "once.example.com", "only-once") is grpc.StatusCode.UNAVAILABLE
     assert flaky.attempts["only-once"] == 1
+    # ...also beside a route of the same host that retries: it does not
+    # inherit that route's policy (a host-wide one would be).
+    assert await call_once(target, "mixed.example.com", "mixed") is grpc.StatusCode.UNAVAILABLE
+    assert flaky.attempts["mixed"] == 1
 
 
 # ---------------------------------------------------------------- draining

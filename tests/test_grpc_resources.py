@@ -58,6 +58,31 @@ def every_option() -> ir.Config:
             ),
         ),
     )
+    # Every forwarding route retries alike: said once, on the host.
+    shared = ir.VirtualHost(
+        name="shared.example.com",
+        domains=("shared.example.com",),
+        routes=(
+            route("one", "/pkg.One", "tls", ir.RoutePolicy(stream_idle_timeout_ms=1_000)),
+            ir.Route(
+                name="split",
+                path=ir.PathMatch(type=ir.PathMatchType.PREFIX, value="/pkg.Split"),
+                action=ir.WeightedForward(
+                    backends=(
+                        ir.WeightedBackend(backend="tls", weight=1),
+                        ir.WeightedBackend(backend="checked", weight=3),
+                    )
+                ),
+                origin=ORIGIN,
+            ),
+            ir.Route(
+                name="gone",
+                path=ir.PathMatch(type=ir.PathMatchType.PREFIX, value="/"),
+                action=ir.DirectResponse(status=503),
+                origin=ORIGIN,
+            ),
+        ),
+    )
     return ir.Config(
         listeners=(
             ir.Listener(
@@ -75,7 +100,7 @@ def every_option() -> ir.Config:
                 limits=ir.DownstreamLimits(max_connection_duration_s=0, drain_timeout_s=0),
             ),
         ),
-        route_configs=(ir.RouteConfig(name="http", virtual_hosts=(host,)),),
+        route_configs=(ir.RouteConfig(name="http", virtual_hosts=(host, shared)),),
         backends=(
             ir.Backend(
                 name="tls",
@@ -135,9 +160,13 @@ def test_envoy_accepts_every_option(built: dict[str, dict[str, Any]], tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def virtual_host(built: dict[str, dict[str, Any]], name: str = "grpc.example.com") -> Any:
+    (vhost,) = (v for v in built[types.ROUTE]["http"].virtual_hosts if v.name == name)
+    return vhost
+
+
 def routes(built: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    (vhost,) = built[types.ROUTE]["http"].virtual_hosts
-    return {r.name: r.route for r in vhost.routes}
+    return {r.name: r.route for r in virtual_host(built).routes}
 
 
 def test_routes_retry_unavailable_by_default_on_another_host(
@@ -168,6 +197,26 @@ def test_route_annotations_cap_grpc_timeout_set_idle_and_retries(
     untried = routes(built)["no-retries"]
     assert not untried.HasField("retry_policy")
     assert untried.HasField("idle_timeout") and untried.idle_timeout.ToNanoseconds() == 0
+    # Routes that retry differently (or not at all) keep their own policies:
+    # one on the host would be inherited by the route that retries nothing.
+    assert not virtual_host(built).HasField("retry_policy")
+
+
+def test_a_retry_policy_every_forwarding_route_shares_is_said_once_on_its_host(
+    built: dict[str, dict[str, Any]],
+) -> None:
+    vhost = virtual_host(built, "shared.example.com")
+    retry = vhost.retry_policy
+    assert retry.retry_on == "connect-failure,refused-stream,unavailable"
+    assert retry.num_retries.value == 2
+    (predicate,) = retry.retry_host_predicate
+    assert predicate.name == "envoy.retry_host_predicates.previous_hosts"
+    forwarding = {r.name: r.route for r in vhost.routes if r.HasField("route")}
+    assert set(forwarding) == {"one", "split"}
+    assert not any(action.HasField("retry_policy") for action in forwarding.values())
+    # The rest of each route's policy stays on the route.
+    assert forwarding["one"].idle_timeout.ToMilliseconds() == 1_000
+    assert len(forwarding["split"].weighted_clusters.clusters) == 2
 
 
 def test_clusters_are_sized_for_a_gateway(built: dict[str, dict[str, Any]]) -> None:
@@ -278,8 +327,7 @@ def test_https_listeners_get_the_same_limits() -> None:
 
 
 def all_routes(built: dict[str, dict[str, Any]]) -> list[Any]:
-    (vhost,) = built[types.ROUTE]["http"].virtual_hosts
-    return list(vhost.routes)
+    return list(virtual_host(built).routes)
 
 
 def test_guards_come_right_before_their_route(built: dict[str, dict[str, Any]]) -> None:
