@@ -393,6 +393,9 @@ def test_an_endpoint_change_rebuilds_only_its_load_assignment() -> None:
     builder = ResourceBuilder()
     config = make_config()
     first = builder.build(config)
+    # Builds in between that change nothing (each finds everything as is).
+    builder.build(config)
+    builder.build(config)
     scaled = dataclasses.replace(config.backends[0], endpoints=(ir.Endpoint("10.0.0.3", 50051),))
     second = builder.build(dataclasses.replace(config, backends=(scaled, *config.backends[1:])))
     before, after = identities(first), identities(second)

@@ -9,8 +9,10 @@ store, conditions included. The other tests say that it does save the work
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import pytest
 import test_endpoint_fast_path as fast_path_bodies
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,11 +29,12 @@ from test_translate_properties import (
 from xds_ingress import ir
 from xds_ingress.sources.objects import ObjectError, ObjectKey, parse_object
 from xds_ingress.store import Store
-from xds_ingress.translate import translate
+from xds_ingress.translate import translate, translator
 from xds_ingress.translate.backends import BackendResolver, ResolvedBackends
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.memo import TranslationMemo
-from xds_ingress.translate.rules import ServiceRef
+from xds_ingress.translate.precedence import resolve_conflicts
+from xds_ingress.translate.rules import Candidate, ServiceRef
 
 NAMESPACE = "shop"
 
@@ -255,6 +258,45 @@ def test_an_unchanged_ingress_gives_the_very_same_virtual_host_and_backend() -> 
         "a.example.com",
         "b2.example.com",
     ]
+
+
+def test_a_one_ingress_change_works_out_only_the_hosts_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = _store_with(["a", "b", "c"])
+    memo = TranslationMemo()
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    contested: list[set[str]] = []
+
+    def counting(candidates: Iterable[Candidate], *, findings: Findings) -> list[Candidate]:
+        listed = list(candidates)
+        contested.append({candidate.host for candidate in listed})
+        return resolve_conflicts(listed, findings=findings)
+
+    monkeypatch.setattr(translator, "resolve_conflicts", counting)
+    store.apply(parse_object(routed_ingress("b", host="b2.example.com")), origin="test")
+    after = translate(store.view(), settings=SETTINGS, memo=memo)
+    assert contested == [{"b2.example.com"}]
+    assert [vh.name for vh in after.config.route_configs[0].virtual_hosts] == [
+        "a.example.com",
+        "b2.example.com",
+        "c.example.com",
+    ]
+
+
+def test_hosts_kept_whole_still_reuse_their_routes_once_a_service_changes() -> None:
+    """A host reused whole leaves its routes out of the route memo for a while;
+    worked out again (a slice changed), it must still find them by identity."""
+    store = _store_with(["a", "b", "c"])
+    memo = TranslationMemo()
+    first = translate(store.view(), settings=SETTINGS, memo=memo)
+    store.apply(parse_object(routed_ingress("b", host="b2.example.com")), origin="test")
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    store.apply(parse_object(routed_slice("c", "10.9.9.9")), origin="test")
+    third = translate(store.view(), settings=SETTINGS, memo=memo)
+    assert _vhost(third, "a.example.com") is _vhost(first, "a.example.com")
+    assert _backend(third, "a") is _backend(first, "a")
+    assert [e.address for e in _backend(third, "c").endpoints] == ["10.9.9.9"]
 
 
 def test_a_changed_service_or_slice_is_read_again() -> None:

@@ -72,7 +72,7 @@ _READ_KINDS = (SERVICE, ENDPOINT_SLICE, SECRET)
 
 
 @dataclass(frozen=True, slots=True)
-class _Resolved:
+class Resolution:
     """One resolve() and what it read: valid while the view holds the same objects."""
 
     # Held so that its id cannot be reused while the entry lives.
@@ -96,8 +96,8 @@ class ResolvedBackends:
     """
 
     def __init__(self) -> None:
-        self._previous: dict[int, _Resolved] = {}
-        self._current: dict[int, _Resolved] = {}
+        self._previous: dict[int, Resolution] = {}
+        self._current: dict[int, Resolution] = {}
         # The generations of what resolving reads, in the view of the last
         # translation; `_trusted`: this translation's view holds the very
         # same objects, so what the last resolved holds without a check.
@@ -118,21 +118,36 @@ class ResolvedBackends:
         self._trusted = generations is not None and generations == self._generations
         self._generations = generations
 
-    def find(self, ref: ServiceRef) -> _Resolved | None:
+    @property
+    def generations(self) -> tuple[object, ...] | None:
+        """The generations of what resolving reads, in this translation's view (after begin)."""
+        return self._generations
+
+    def restore(self, resolved: Resolution) -> None:
+        """Remember `resolved` again, unless something newer for its ServiceRef is remembered.
+
+        For a caller that kept it while reusing a result made from it (see
+        memo.HostMemo), so that resolving its ref again finds it.
+        """
+        key = id(resolved.ref)
+        if key not in self._current and key not in self._previous:
+            self._previous[key] = resolved
+
+    def find(self, ref: ServiceRef) -> Resolution | None:
         key = id(ref)
         found = self._current.get(key)
         if found is None:
             found = self._previous.get(key)
         return found if found is not None and found.ref is ref else None
 
-    def trusted(self, ref: ServiceRef, protocol: ir.UpstreamProtocol | None) -> _Resolved | None:
+    def trusted(self, ref: ServiceRef, protocol: ir.UpstreamProtocol | None) -> Resolution | None:
         """What `ref` resolved to, if nothing it was read from can have changed."""
         if not self._trusted:
             return None
         found = self.find(ref)
         return found if found is not None and found.protocol is protocol else None
 
-    def keep(self, resolved: _Resolved) -> None:
+    def keep(self, resolved: Resolution) -> None:
         self._current[id(resolved.ref)] = resolved
 
     def rotate(self) -> None:
@@ -191,12 +206,12 @@ class BackendResolver:
             backend = self._resolve(
                 ref, service=service, protocol=protocol, findings=found, share=False
             )
-            resolved = _Resolved(
+            resolved = Resolution(
                 ref, protocol, service, slices, ca_secret, backend, found if found else None
             )
         return self._replayed(resolved)
 
-    def _replayed(self, resolved: _Resolved) -> ir.Backend | Invalid:
+    def _replayed(self, resolved: Resolution) -> ir.Backend | Invalid:
         assert self._memo is not None
         self._memo.keep(resolved)
         if resolved.findings is not None:

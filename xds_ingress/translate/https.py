@@ -110,7 +110,8 @@ def https_config(
     assignment = _assign(
         requests,
         certificates=certificates,
-        hosts=sorted(host for host in routed if host != CATCH_ALL_HOST),
+        # Without a certificate no host can be served over TLS.
+        hosts=sorted(host for host in routed if host != CATCH_ALL_HOST) if certificates else (),
         findings=findings,
     )
     validations = client_validations(requests, assignment=assignment, view=view, findings=findings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
@@ -28,6 +28,7 @@ from xds_ingress.translate.gateways import Gateways
 from xds_ingress.translate.https import https_config
 from xds_ingress.translate.memo import (
     DerivedMemo,
+    HostPart,
     IngressReading,
     RouteInputs,
     TranslationMemo,
@@ -88,20 +89,8 @@ def _translate(
     ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
     # Read for every Ingress, routes won or not, so each bad value is reported.
     readings = [memo.ingresses.get(ingress, _reading, findings=findings) for ingress in ingresses]
-    options = {
-        ingress.key: reading.options for ingress, reading in zip(ingresses, readings, strict=True)
-    }
-    candidates = [candidate for reading in readings for candidate in reading.candidates]
-    winners = resolve_conflicts(candidates, findings=findings)
     resolver = BackendResolver(view, findings=findings, memo=memo.backends)
-    routes, backends = _routes(
-        winners,
-        resolver=resolver,
-        options=options,
-        findings=findings,
-        memo=memo.routes,
-    )
-    virtual_hosts = _virtual_hosts(routes, memo=memo.virtual_hosts)
+    virtual_hosts, backends = _ingress_hosts(readings, view=view, findings=findings, memo=memo)
     checked_at = now if now is not None else datetime.now(UTC)
     gateways = Gateways(
         view, settings=settings, findings=findings, now=checked_at, certificates=cache
@@ -209,6 +198,101 @@ def _all_tls_requests(ingress: KubeObject, *, findings: Findings) -> tuple[TlsRe
 
 
 _DEFAULT_OPTIONS = IngressOptions()
+
+
+def _ingress_hosts(
+    readings: Sequence[IngressReading],
+    *,
+    view: StoreView,
+    findings: Findings,
+    memo: TranslationMemo,
+) -> tuple[tuple[ir.VirtualHost, ...], dict[str, ir.Backend]]:
+    """The Ingresses' virtual hosts in host order, and the backends they forward to.
+
+    Worked out host by host, each host from the readings of the Ingresses
+    that name it: a host whose Ingresses are all unchanged keeps its part
+    (see memo.HostMemo).
+    """
+    by_host: dict[str, list[IngressReading]] = {}
+    for reading in readings:
+        for candidate in reading.candidates:
+            listed = by_host.get(candidate.host)
+            if listed is None:
+                by_host[candidate.host] = [reading]
+            elif listed[-1] is not reading:
+                listed.append(reading)
+    memo.backends.begin(view)
+    generations = memo.backends.generations
+    virtual_hosts: dict[str, ir.VirtualHost] = {}
+    backends: dict[str, ir.Backend] = {}
+    for host, host_readings in by_host.items():
+        part = memo.hosts.find(host, host_readings, generations)
+        if part is None:
+            previous = memo.hosts.previous(host)
+            if previous is not None:
+                _restore(host, previous, memo=memo)
+            part = _host_part(host, host_readings, view=view, generations=generations, memo=memo)
+        memo.hosts.keep(host, part)
+        if part.findings is not None:
+            findings.extend(part.findings)
+        if part.virtual_host is not None:
+            virtual_hosts[host] = part.virtual_host
+        backends.update(part.backends)
+    ordered = tuple(virtual_hosts[host] for host in sorted(virtual_hosts, key=host_order))
+    return ordered, backends
+
+
+def _host_part(
+    host: str,
+    readings: Sequence[IngressReading],
+    *,
+    view: StoreView,
+    generations: tuple[object, ...] | None,
+    memo: TranslationMemo,
+) -> HostPart:
+    found = Findings()
+    candidates = tuple(c for reading in readings for c in reading.candidates if c.host == host)
+    # Every candidate of a reading comes from its one Ingress.
+    options = {reading.candidates[0].origin.key: reading.options for reading in readings}
+    winners = resolve_conflicts(candidates, findings=found)
+    # Its own resolver, so that what resolving finds is this part's to replay.
+    resolver = BackendResolver(view, findings=found, memo=memo.backends)
+    routes, backends = _routes(
+        winners, resolver=resolver, options=options, findings=found, memo=memo.routes
+    )
+    virtual_hosts = _virtual_hosts(routes, memo=memo.virtual_hosts)
+    route_entries = []
+    for candidate in candidates:
+        entry = memo.routes.entry(id(candidate))
+        if entry is not None:
+            route_entries.append((id(candidate), entry))
+    resolutions = []
+    for candidate in candidates:
+        if not isinstance(candidate.backend, Invalid):
+            resolution = memo.backends.find(candidate.backend)
+            if resolution is not None:
+                resolutions.append(resolution)
+    return HostPart(
+        readings=tuple(readings),
+        generations=generations,
+        virtual_host=virtual_hosts[0] if virtual_hosts else None,
+        backends=backends,
+        findings=found if found else None,
+        route_entries=tuple(route_entries),
+        virtual_host_entry=memo.virtual_hosts.entry(host),
+        resolutions=tuple(resolutions),
+    )
+
+
+def _restore(host: str, part: HostPart, *, memo: TranslationMemo) -> None:
+    """Put back the memo entries `part` was made from (see memo.HostPart)."""
+    if part.virtual_host_entry is not None:
+        memo.virtual_hosts.restore(host, part.virtual_host_entry)
+    for key, entry in part.route_entries:
+        memo.routes.restore(key, entry)
+    for resolution in part.resolutions:
+        memo.backends.restore(resolution)
+
 
 RoutesByHost = dict[str, list[tuple[Candidate, ir.Route]]]
 
