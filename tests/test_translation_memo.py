@@ -265,6 +265,9 @@ def test_a_one_ingress_change_works_out_only_the_hosts_it_names(
 ) -> None:
     store = _store_with(["a", "b", "c"])
     memo = TranslationMemo()
+    # The first translation works every host out at once and keeps no
+    # parts (memo.HostMemo.first_translation); the second keeps them.
+    translate(store.view(), settings=SETTINGS, memo=memo)
     translate(store.view(), settings=SETTINGS, memo=memo)
     contested: list[set[str]] = []
 
@@ -290,13 +293,57 @@ def test_hosts_kept_whole_still_reuse_their_routes_once_a_service_changes() -> N
     store = _store_with(["a", "b", "c"])
     memo = TranslationMemo()
     first = translate(store.view(), settings=SETTINGS, memo=memo)
+    translate(store.view(), settings=SETTINGS, memo=memo)
     store.apply(parse_object(routed_ingress("b", host="b2.example.com")), origin="test")
     translate(store.view(), settings=SETTINGS, memo=memo)
-    store.apply(parse_object(routed_slice("c", "10.9.9.9")), origin="test")
-    third = translate(store.view(), settings=SETTINGS, memo=memo)
-    assert _vhost(third, "a.example.com") is _vhost(first, "a.example.com")
-    assert _backend(third, "a") is _backend(first, "a")
-    assert [e.address for e in _backend(third, "c").endpoints] == ["10.9.9.9"]
+    # A changed Service works its own host out again, and only that one.
+    store.apply(parse_object(routed_service("c", port_name="http")), origin="test")
+    fourth = translate(store.view(), settings=SETTINGS, memo=memo)
+    assert _vhost(fourth, "a.example.com") is _vhost(first, "a.example.com")
+    assert _backend(fourth, "a") is _backend(first, "a")
+    assert _backend(fourth, "c").protocol is ir.UpstreamProtocol.HTTP1
+
+
+def test_a_host_worked_out_again_keeps_the_routes_of_its_unchanged_ingresses() -> None:
+    """Reused whole for a while, a host's routes leave the route memo; when one
+    of its Ingresses changes, the others' routes are still the very same."""
+    store = _store_with(["a", "b"])
+    extra = routed_ingress("a-extra", host="a.example.com")
+    extra["spec"]["rules"][0]["http"]["paths"][0]["path"] = "/extra"
+    store.apply(parse_object(extra), origin="test")
+    memo = TranslationMemo()
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    first = translate(store.view(), settings=SETTINGS, memo=memo)
+    store.apply(parse_object(routed_ingress("b", host="b2.example.com")), origin="test")
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    extra["spec"]["rules"][0]["http"]["paths"][0]["path"] = "/other"
+    store.apply(parse_object(extra), origin="test")
+    fourth = translate(store.view(), settings=SETTINGS, memo=memo)
+
+    def route_of(translation: ir.Translation, name: str) -> ir.Route:
+        vhost = _vhost(translation, "a.example.com")
+        return next(
+            route for route in vhost.routes if route.name.startswith(f"{NAMESPACE}/{name}/")
+        )
+
+    assert route_of(fourth, "a") is route_of(first, "a")
+    assert route_of(fourth, "a-extra").path.value == "/other"
+
+
+def test_a_route_to_a_missing_service_forwards_once_the_service_appears() -> None:
+    store = _store_with(["a"])
+    store.apply(parse_object(routed_ingress("late", host="late.example.com")), origin="test")
+    memo = TranslationMemo()
+    for _ in range(2):
+        missing = translate(store.view(), settings=SETTINGS, memo=memo)
+        (route,) = _vhost(missing, "late.example.com").routes
+        assert isinstance(route.action, ir.DirectResponse)
+    store.apply(parse_object(routed_service("late")), origin="test")
+    store.apply(parse_object(routed_slice("late", "10.0.0.9")), origin="test")
+    found = translate(store.view(), settings=SETTINGS, memo=memo)
+    (route,) = _vhost(found, "late.example.com").routes
+    assert isinstance(route.action, ir.Forward)
+    assert [e.address for e in _backend(found, "late").endpoints] == ["10.0.0.9"]
 
 
 def test_a_changed_service_or_slice_is_read_again() -> None:

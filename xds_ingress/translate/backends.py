@@ -84,6 +84,17 @@ class Resolution:
     backend: ir.Backend | Invalid
     findings: Findings | None  # None: nothing found (see translate/memo.py)
 
+    def holds_in(self, view: StoreView) -> bool:
+        """True while `view` has the very objects this was resolved from."""
+        ref = self.ref
+        if view.get(SERVICE, ref.namespace, ref.name) is not self.service:
+            return False
+        secret = ref.options.ca_secret
+        ca_secret = None if secret is None else view.get(SECRET, ref.namespace, secret)
+        return ca_secret is self.ca_secret and _same_objects(
+            self.slices, view.endpoint_slices(ref.namespace, ref.name)
+        )
+
 
 class ResolvedBackends:
     """Backends resolved by earlier translations, kept while what they were read from is.
@@ -132,6 +143,11 @@ class ResolvedBackends:
         key = id(resolved.ref)
         if key not in self._current and key not in self._previous:
             self._previous[key] = resolved
+
+    def kept(self, ref: ServiceRef) -> Resolution | None:
+        """What `ref` resolved to in this translation, if it resolved to a Backend or an error."""
+        found = self._current.get(id(ref))
+        return found if found is not None and found.ref is ref else None
 
     def find(self, ref: ServiceRef) -> Resolution | None:
         key = id(ref)
@@ -182,6 +198,13 @@ class BackendResolver:
             trusted = self._memo.trusted(ref, protocol)
             if trusted is not None:
                 return self._replayed(trusted)
+            remembered = self._memo.find(ref)
+            if (
+                remembered is not None
+                and remembered.protocol is protocol
+                and remembered.holds_in(self._view)
+            ):
+                return self._replayed(remembered)
         service = self._view.get(SERVICE, ref.namespace, ref.name)
         if service is None:
             return Invalid(
@@ -192,24 +215,15 @@ class BackendResolver:
         slices = self._view.endpoint_slices(ref.namespace, ref.name)
         secret = ref.options.ca_secret
         ca_secret = None if secret is None else self._view.get(SECRET, ref.namespace, secret)
-        resolved = self._memo.find(ref)
-        if (
-            resolved is None
-            or resolved.protocol is not protocol
-            or resolved.service is not service
-            or resolved.ca_secret is not ca_secret
-            or not _same_objects(resolved.slices, slices)
-        ):
-            # Resolved on its own, not shared through _built: the findings
-            # it records must be all that the entry replays later.
-            found = Findings()
-            backend = self._resolve(
-                ref, service=service, protocol=protocol, findings=found, share=False
-            )
-            resolved = Resolution(
-                ref, protocol, service, slices, ca_secret, backend, found if found else None
-            )
-        return self._replayed(resolved)
+        # Resolved on its own, not shared through _built: the findings it
+        # records must be all that the entry replays later.
+        found = Findings()
+        backend = self._resolve(
+            ref, service=service, protocol=protocol, findings=found, share=False
+        )
+        return self._replayed(
+            Resolution(ref, protocol, service, slices, ca_secret, backend, found if found else None)
+        )
 
     def _replayed(self, resolved: Resolution) -> ir.Backend | Invalid:
         assert self._memo is not None

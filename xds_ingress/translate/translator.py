@@ -213,6 +213,8 @@ def _ingress_hosts(
     that name it: a host whose Ingresses are all unchanged keeps its part
     (see memo.HostMemo).
     """
+    if memo.hosts.first_translation():
+        return _all_hosts(readings, view=view, findings=findings, memo=memo)
     by_host: dict[str, list[IngressReading]] = {}
     for reading in readings:
         for candidate in reading.candidates:
@@ -226,13 +228,13 @@ def _ingress_hosts(
     virtual_hosts: dict[str, ir.VirtualHost] = {}
     backends: dict[str, ir.Backend] = {}
     for host, host_readings in by_host.items():
-        part = memo.hosts.find(host, host_readings, generations)
+        part = memo.hosts.find(host, host_readings, view=view, generations=generations)
         if part is None:
             previous = memo.hosts.previous(host)
             if previous is not None:
                 _restore(host, previous, memo=memo)
-            part = _host_part(host, host_readings, view=view, generations=generations, memo=memo)
-        memo.hosts.keep(host, part)
+            part = _host_part(host, host_readings, view=view, memo=memo)
+        memo.hosts.keep(host, part, generations)
         if part.findings is not None:
             findings.extend(part.findings)
         if part.virtual_host is not None:
@@ -242,45 +244,68 @@ def _ingress_hosts(
     return ordered, backends
 
 
+def _all_hosts(
+    readings: Sequence[IngressReading],
+    *,
+    view: StoreView,
+    findings: Findings,
+    memo: TranslationMemo,
+) -> tuple[tuple[ir.VirtualHost, ...], dict[str, ir.Backend]]:
+    """The same as _ingress_hosts, every host at once, keeping no parts."""
+    candidates = [candidate for reading in readings for candidate in reading.candidates]
+    winners = resolve_conflicts(candidates, findings=findings)
+    resolver = BackendResolver(view, findings=findings, memo=memo.backends)
+    routes, backends = _routes(
+        winners,
+        resolver=resolver,
+        options=_options(readings),
+        findings=findings,
+        memo=memo.routes,
+    )
+    return _virtual_hosts(routes, memo=memo.virtual_hosts), backends
+
+
+def _options(readings: Iterable[IngressReading]) -> dict[ObjectKey, IngressOptions]:
+    # Every candidate of a reading comes from its one Ingress.
+    return {
+        reading.candidates[0].origin.key: reading.options
+        for reading in readings
+        if reading.candidates
+    }
+
+
 def _host_part(
     host: str,
     readings: Sequence[IngressReading],
     *,
     view: StoreView,
-    generations: tuple[object, ...] | None,
     memo: TranslationMemo,
 ) -> HostPart:
     found = Findings()
-    candidates = tuple(c for reading in readings for c in reading.candidates if c.host == host)
-    # Every candidate of a reading comes from its one Ingress.
-    options = {reading.candidates[0].origin.key: reading.options for reading in readings}
+    candidates = [c for reading in readings for c in reading.candidates if c.host == host]
     winners = resolve_conflicts(candidates, findings=found)
     # Its own resolver, so that what resolving finds is this part's to replay.
     resolver = BackendResolver(view, findings=found, memo=memo.backends)
     routes, backends = _routes(
-        winners, resolver=resolver, options=options, findings=found, memo=memo.routes
+        winners, resolver=resolver, options=_options(readings), findings=found, memo=memo.routes
     )
     virtual_hosts = _virtual_hosts(routes, memo=memo.virtual_hosts)
     route_entries = []
-    for candidate in candidates:
+    resolved = []
+    for candidate in winners:
         entry = memo.routes.entry(id(candidate))
         if entry is not None:
             route_entries.append((id(candidate), entry))
-    resolutions = []
-    for candidate in candidates:
         if not isinstance(candidate.backend, Invalid):
-            resolution = memo.backends.find(candidate.backend)
-            if resolution is not None:
-                resolutions.append(resolution)
+            resolved.append((candidate.backend, memo.backends.kept(candidate.backend)))
     return HostPart(
         readings=tuple(readings),
-        generations=generations,
+        resolved=tuple(resolved),
         virtual_host=virtual_hosts[0] if virtual_hosts else None,
         backends=backends,
         findings=found if found else None,
         route_entries=tuple(route_entries),
         virtual_host_entry=memo.virtual_hosts.entry(host),
-        resolutions=tuple(resolutions),
     )
 
 
@@ -290,8 +315,9 @@ def _restore(host: str, part: HostPart, *, memo: TranslationMemo) -> None:
         memo.virtual_hosts.restore(host, part.virtual_host_entry)
     for key, entry in part.route_entries:
         memo.routes.restore(key, entry)
-    for resolution in part.resolutions:
-        memo.backends.restore(resolution)
+    for _, resolution in part.resolved:
+        if resolution is not None:
+            memo.backends.restore(resolution)
 
 
 RoutesByHost = dict[str, list[tuple[Candidate, ir.Route]]]
