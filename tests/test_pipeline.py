@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import time
 
-from xds_ingress import ir
+import pytest
+
+from xds_ingress import gc_pause, ir
 from xds_ingress.cache import DEFAULT_GROUP, SnapshotCache
 from xds_ingress.pipeline import Debounce, Pipeline
 
@@ -94,3 +96,35 @@ async def test_a_lone_change_waits_at_most_a_builds_time_and_a_burst_is_held_off
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_the_first_two_full_builds_freeze_what_they_keep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second is the first to keep each host's part of the translation."""
+    asked: list[bool] = []
+    paused = gc_pause.paused
+
+    def recording(*, freeze: bool = False) -> contextlib.AbstractContextManager[None]:
+        asked.append(freeze)
+        return paused(freeze=False)  # the test process's heap is not frozen
+
+    monkeypatch.setattr(gc_pause, "paused", recording)
+    pipeline = Pipeline(
+        translate=lambda: ir.Translation(config=ir.Config()),
+        cache=SnapshotCache(),
+        group=DEFAULT_GROUP,
+        debounce=Debounce(holdoff_seconds=0.01, max_holdoff_seconds=0.05),
+    )
+    synced = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(synced=synced))
+    synced.set()
+    for builds in (2, 3, 4):
+        await asyncio.sleep(0.1)
+        pipeline.changed()
+        await asyncio.sleep(0.1)
+        assert pipeline.report.builds == builds
+    assert asked.count(True) == 2
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
