@@ -33,6 +33,8 @@ from xds_ingress.resources.secret import build_ca_secret, build_secret, ca_bundl
 Resources = dict[str, dict[str, Message]]
 # A Backend, its cluster and its load assignment.
 _BuiltBackend = tuple[ir.Backend, Message, Message]
+# A virtual host and its message.
+_BuiltHost = tuple[ir.VirtualHost, route_components_pb2.VirtualHost]
 
 
 class DuplicateNameError(ValueError):
@@ -51,8 +53,6 @@ class ResourceBuilder:
         self._secrets: Memo[ir.TlsCertificate, Message] = Memo()
         self._ca_secrets: Memo[ir.CaBundle, Message] = Memo()
         self._route_configs: Memo[ir.RouteConfig, Message] = Memo()
-        # Counts the route configs built (not found in the memo).
-        self._route_configs_built = 0
         # A route config is rebuilt whenever any of its hosts changes; keeping
         # the hosts too makes that a copy of the unchanged ones, not a rebuild.
         self._virtual_hosts: Memo[ir.VirtualHost, route_components_pb2.VirtualHost] = Memo()
@@ -61,6 +61,8 @@ class ResourceBuilder:
         self._clusters: Memo[ir.Backend, Message] = Memo(key=_without_endpoints)
         # By name, what the last build made of each Backend (see _add_backends).
         self._backends_built: dict[str, _BuiltBackend] = {}
+        # By route config and host name, the hosts its last build made.
+        self._hosts_built: dict[str, dict[str, _BuiltHost]] = {}
         self._load_assignments: Memo[ir.Backend, Message] = Memo()
         # The gRPC methods of each route config, and the grpc_stats config of
         # them all: a route change that names no new method rebuilds nothing.
@@ -101,15 +103,11 @@ class ResourceBuilder:
             message = self._ca_secrets.get(bundle, build_ca_secret)
             _add(resources, types.SECRET, bundle.name, message)
         for route_config in config.route_configs:
-            built = self._route_configs_built
             message = self._route_configs.get(route_config, self._build_route_configuration)
             _add(resources, types.ROUTE, route_config.name, message)
-            if built == self._route_configs_built:
-                # Unchanged: keep its hosts memoised too, so the day one of
-                # them changes the others are copied, not rebuilt. (A rebuilt
-                # one has just looked every host up.)
-                for vhost in route_config.virtual_hosts:
-                    self._virtual_hosts.get(vhost, build_virtual_host)
+        # An unchanged route config keeps its hosts (see _build_route_configuration).
+        for gone in self._hosts_built.keys() - {each.name for each in config.route_configs}:
+            del self._hosts_built[gone]
         if _has_connection_manager(config):
             methods = frozenset[GrpcMethod]().union(
                 *(self._methods.get(each, routed_methods) for each in config.route_configs)
@@ -158,11 +156,26 @@ class ResourceBuilder:
         return backend, cluster, self._load_assignments.get(backend, build_load_assignment)
 
     def _build_route_configuration(self, route_config: ir.RouteConfig) -> Message:
-        self._route_configs_built += 1
-        return build_route_configuration(
-            route_config,
-            virtual_host=lambda vhost: self._virtual_hosts.get(vhost, build_virtual_host),
-        )
+        """A route config whose hosts are copied, not rebuilt, unless they changed.
+
+        Its hosts' messages are kept by name (and the IR they came from)
+        for as long as the route config is: the day one host changes, the
+        others are found with a dictionary lookup and an identity check,
+        not a memo lookup each (at 3000 hosts, a tenth of a rebuild).
+        """
+        before = self._hosts_built.get(route_config.name, {})
+        now: dict[str, _BuiltHost] = {}
+
+        def virtual_host(vhost: ir.VirtualHost) -> route_components_pb2.VirtualHost:
+            built = before.get(vhost.name)
+            if built is None or built[0] is not vhost:
+                built = (vhost, self._virtual_hosts.get(vhost, build_virtual_host))
+            now[vhost.name] = built
+            return built[1]
+
+        message = build_route_configuration(route_config, virtual_host=virtual_host)
+        self._hosts_built[route_config.name] = now
+        return message
 
 
 # Every Backend field but its endpoints, as one tuple (in C).
