@@ -134,8 +134,7 @@ class ResourceBuilder:
         for backend in backends:
             name = backend.name
             if name in current:
-                kind = types.CLUSTER.rsplit(".", 1)[-1]
-                raise DuplicateNameError(f"two {kind} resources are named {name!r}")
+                raise _duplicate(types.CLUSTER, name)
             built = previous.get(name)
             if built is None or built[0] is not backend:
                 built = self._built_backend(backend, built)
@@ -198,6 +197,10 @@ def _has_connection_manager(config: ir.Config) -> bool:
 def _add(resources: Resources, type_url: str, name: str, message: Message) -> None:
     by_name = resources[type_url]
     if name in by_name:
-        kind = type_url.rsplit(".", 1)[-1]
-        raise DuplicateNameError(f"two {kind} resources are named {name!r}")
+        raise _duplicate(type_url, name)
     by_name[name] = message
+
+
+def _duplicate(type_url: str, name: str) -> DuplicateNameError:
+    kind = type_url.rsplit(".", 1)[-1]
+    return DuplicateNameError(f"two {kind} resources are named {name!r}")

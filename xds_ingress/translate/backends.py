@@ -156,12 +156,17 @@ class ResolvedBackends:
             found = self._previous.get(key)
         return found if found is not None and found.ref is ref else None
 
-    def trusted(self, ref: ServiceRef, protocol: ir.UpstreamProtocol | None) -> Resolution | None:
-        """What `ref` resolved to, if nothing it was read from can have changed."""
-        if not self._trusted:
-            return None
+    def holding(
+        self, ref: ServiceRef, protocol: ir.UpstreamProtocol | None, view: StoreView
+    ) -> Resolution | None:
+        """What `ref` resolved to before, if it would resolve the same in `view`.
+
+        Without a look at the objects while none of their kinds was replaced.
+        """
         found = self.find(ref)
-        return found if found is not None and found.protocol is protocol else None
+        if found is None or found.protocol is not protocol:
+            return None
+        return found if self._trusted or found.holds_in(view) else None
 
     def keep(self, resolved: Resolution) -> None:
         self._current[id(resolved.ref)] = resolved
@@ -195,15 +200,8 @@ class BackendResolver:
     ) -> ir.Backend | Invalid:
         """`protocol`: what an Ingress asks for instead of what the Service port implies."""
         if self._memo is not None:
-            trusted = self._memo.trusted(ref, protocol)
-            if trusted is not None:
-                return self._replayed(trusted)
-            remembered = self._memo.find(ref)
-            if (
-                remembered is not None
-                and remembered.protocol is protocol
-                and remembered.holds_in(self._view)
-            ):
+            remembered = self._memo.holding(ref, protocol, self._view)
+            if remembered is not None:
                 return self._replayed(remembered)
         service = self._view.get(SERVICE, ref.namespace, ref.name)
         if service is None:

@@ -90,7 +90,9 @@ def _translate(
     # Read for every Ingress, routes won or not, so each bad value is reported.
     readings = [memo.ingresses.get(ingress, _reading, findings=findings) for ingress in ingresses]
     resolver = BackendResolver(view, findings=findings, memo=memo.backends)
-    virtual_hosts, backends = _ingress_hosts(readings, view=view, findings=findings, memo=memo)
+    virtual_hosts, backends = _ingress_hosts(
+        readings, view=view, resolver=resolver, findings=findings, memo=memo
+    )
     checked_at = now if now is not None else datetime.now(UTC)
     gateways = Gateways(
         view, settings=settings, findings=findings, now=checked_at, certificates=cache
@@ -204,6 +206,7 @@ def _ingress_hosts(
     readings: Sequence[IngressReading],
     *,
     view: StoreView,
+    resolver: BackendResolver,
     findings: Findings,
     memo: TranslationMemo,
 ) -> tuple[tuple[ir.VirtualHost, ...], dict[str, ir.Backend]]:
@@ -211,10 +214,11 @@ def _ingress_hosts(
 
     Worked out host by host, each host from the readings of the Ingresses
     that name it: a host whose Ingresses are all unchanged keeps its part
-    (see memo.HostMemo).
+    (see memo.HostMemo). `resolver` resolves against `view` with
+    `memo.backends`, reporting to `findings`.
     """
     if memo.hosts.first_translation():
-        return _all_hosts(readings, view=view, findings=findings, memo=memo)
+        return _all_hosts(readings, resolver=resolver, findings=findings, memo=memo)
     by_host: dict[str, list[IngressReading]] = {}
     for reading in readings:
         for candidate in reading.candidates:
@@ -223,7 +227,6 @@ def _ingress_hosts(
                 by_host[candidate.host] = [reading]
             elif listed[-1] is not reading:
                 listed.append(reading)
-    memo.backends.begin(view)
     generations = memo.backends.generations
     virtual_hosts: dict[str, ir.VirtualHost] = {}
     backends: dict[str, ir.Backend] = {}
@@ -247,14 +250,13 @@ def _ingress_hosts(
 def _all_hosts(
     readings: Sequence[IngressReading],
     *,
-    view: StoreView,
+    resolver: BackendResolver,
     findings: Findings,
     memo: TranslationMemo,
 ) -> tuple[tuple[ir.VirtualHost, ...], dict[str, ir.Backend]]:
     """The same as _ingress_hosts, every host at once, keeping no parts."""
     candidates = [candidate for reading in readings for candidate in reading.candidates]
     winners = resolve_conflicts(candidates, findings=findings)
-    resolver = BackendResolver(view, findings=findings, memo=memo.backends)
     routes, backends = _routes(
         winners,
         resolver=resolver,
