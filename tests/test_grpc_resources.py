@@ -17,6 +17,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
+from resource_messages import as_messages
 
 from xds_ingress import ir
 from xds_ingress.resources import types
@@ -141,7 +142,7 @@ def every_option() -> ir.Config:
 
 @pytest.fixture(scope="module")
 def built() -> dict[str, dict[str, Any]]:
-    return ResourceBuilder().build(every_option())
+    return as_messages(ResourceBuilder().build(every_option()))
 
 
 def test_envoy_accepts_every_option(built: dict[str, dict[str, Any]], tmp_path: Path) -> None:

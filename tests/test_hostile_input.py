@@ -40,6 +40,7 @@ from xds_ingress.cache import DEFAULT_GROUP, build_snapshot, consistency_errors
 from xds_ingress.demo.backend import GreeterBackend
 from xds_ingress.resources import types
 from xds_ingress.resources.builder import ResourceBuilder
+from xds_ingress.resources.encoded import message_of
 from xds_ingress.resources.static import render_static_bootstrap
 from xds_ingress.sources.objects import parse_object
 from xds_ingress.store import Store
@@ -1021,7 +1022,7 @@ def test_envoy_validates_the_whole_corpus_rendered_as_one_bootstrap(tmp_path: Pa
     resources = ResourceBuilder().build(translation.config)
     assert consistency_errors(build_snapshot(resources)) == []
     # The judge looks: the large Ingress's 3300 routes are in there.
-    (route_config,) = [r for n, r in resources[types.ROUTE].items() if n == "http"]
+    (route_config,) = [message_of(r) for n, r in resources[types.ROUTE].items() if n == "http"]
     assert sum(len(vh.routes) for vh in route_config.virtual_hosts) > 3300
     envoy_validate(tmp_path, resources)
 

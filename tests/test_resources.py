@@ -24,6 +24,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
+from resource_messages import as_messages
 
 from xds_ingress import ir
 from xds_ingress.bootstrap import (
@@ -32,12 +33,13 @@ from xds_ingress.bootstrap import (
     to_json,
     to_yaml,
 )
-from xds_ingress.cache import build_snapshot, consistency_errors
+from xds_ingress.cache import build_snapshot, consistency_errors, make_resource
 from xds_ingress.resources import builder as builder_module
 from xds_ingress.resources import types
 from xds_ingress.resources.builder import DuplicateNameError, ResourceBuilder
 from xds_ingress.resources.cluster import UPSTREAM_HTTP_PROTOCOL_OPTIONS
-from xds_ingress.resources.route import build_virtual_host
+from xds_ingress.resources.encoded import Encoded, message_of
+from xds_ingress.resources.route import build_route_configuration, virtual_host_piece
 from xds_ingress.resources.static import render_static_bootstrap
 
 ENVOY = Path(sys.executable).parent / "envoy"
@@ -222,7 +224,7 @@ def test_envoy_refuses_a_route_to_a_missing_cluster(
 
 @pytest.fixture
 def built() -> dict[str, dict[str, Any]]:
-    return ResourceBuilder().build(make_config())
+    return as_messages(ResourceBuilder().build(make_config()))
 
 
 def unpack_hcm(listener: Any) -> Any:
@@ -366,7 +368,7 @@ def test_load_assignments(built: dict[str, dict[str, Any]]) -> None:
 def test_output_is_deterministic() -> None:
     def serialised() -> dict[str, dict[str, bytes]]:
         return {
-            url: {name: m.SerializeToString(deterministic=True) for name, m in by_name.items()}
+            url: {name: make_resource(name, url, m).any_bytes for name, m in by_name.items()}
             for url, by_name in ResourceBuilder().build(make_config()).items()
         }
 
@@ -406,14 +408,14 @@ def test_an_endpoint_change_rebuilds_only_its_load_assignment() -> None:
 def test_a_changed_host_rebuilds_only_that_host(monkeypatch: pytest.MonkeyPatch) -> None:
     rebuilt: list[str] = []
 
-    def counting(vhost: ir.VirtualHost) -> Any:
+    def counting(vhost: ir.VirtualHost) -> bytes:
         rebuilt.append(vhost.name)
-        return build_virtual_host(vhost)
+        return virtual_host_piece(vhost)
 
-    monkeypatch.setattr(builder_module, "build_virtual_host", counting)
+    monkeypatch.setattr(builder_module, "virtual_host_piece", counting)
     builder = ResourceBuilder()
     config = make_config()
-    before = builder.build(config)[types.ROUTE]["http"]
+    before = message_of(builder.build(config)[types.ROUTE]["http"])
     # Unchanged, so "http" is a memo hit; its hosts must stay memoised anyway.
     builder.build(config)
     http, internal = config.route_configs
@@ -422,9 +424,29 @@ def test_a_changed_host_rebuilds_only_that_host(monkeypatch: pytest.MonkeyPatch)
     rebuilt.clear()
     after = builder.build(dataclasses.replace(config, route_configs=(changed, internal)))
     assert rebuilt == ["grpc.example.com"]
-    message = after[types.ROUTE]["http"]
+    message = message_of(after[types.ROUTE]["http"])
     assert list(message.virtual_hosts[0].domains) == ["rpc.example.com"]
     assert list(message.virtual_hosts)[1:] == list(before.virtual_hosts)[1:]
+
+
+def test_a_route_config_joined_from_kept_hosts_is_the_message_serialised() -> None:
+    """Envoy gets what protobuf's own serialisation of the whole message gives.
+
+    Also after a change, when all but one host are pieces kept from before.
+    """
+    builder = ResourceBuilder()
+    config = make_config()
+    http, internal = config.route_configs
+    renamed = dataclasses.replace(http.virtual_hosts[0], domains=("rpc.example.com",))
+    changed = dataclasses.replace(http, virtual_hosts=(renamed, *http.virtual_hosts[1:]))
+    for each in (config, dataclasses.replace(config, route_configs=(changed, internal))):
+        built = builder.build(each)[types.ROUTE]
+        for route_config in each.route_configs:
+            encoded = built[route_config.name]
+            assert isinstance(encoded, Encoded)
+            expected = build_route_configuration(route_config)
+            assert encoded.data == expected.SerializeToString(deterministic=True)
+            assert encoded.message() == expected
 
 
 def test_the_memo_forgets_what_the_last_build_did_not_use() -> None:

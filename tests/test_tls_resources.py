@@ -22,7 +22,7 @@ from tls_certs import CertificateAuthority, Issued, KeyType, tls_secret
 
 from xds_ingress import ir
 from xds_ingress.bootstrap import to_json
-from xds_ingress.cache import build_snapshot, consistency_errors
+from xds_ingress.cache import build_snapshot, consistency_errors, make_resource
 from xds_ingress.resources import types
 from xds_ingress.resources.builder import ResourceBuilder
 from xds_ingress.resources.static import render_static_bootstrap
@@ -266,8 +266,9 @@ def test_keys_are_only_in_the_secrets(
     for type_url, resources in built.items():
         if type_url == types.SECRET:
             continue
-        for message in resources.values():
-            data = message.SerializeToString()
+        for name, message in resources.items():
+            # What Envoy is sent.
+            data = make_resource(name, type_url, message).any_bytes
             assert b"PRIVATE KEY" not in data
             assert not [line for line in key_lines if line in data]
     secret = built[types.SECRET]["default/wildcard"]

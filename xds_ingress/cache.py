@@ -44,6 +44,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from xds_ingress.resources import types
+from xds_ingress.resources.encoded import Encoded, length_delimited, message_of
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +66,6 @@ def _hash(parts: Iterable[bytes]) -> str:
         digest.update(part)
         digest.update(b"\0")
     return digest.hexdigest()
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def length_delimited(field_number: int, payload: bytes) -> bytes:
-    """Encode one length-delimited protobuf field (wire type 2)."""
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
 
 
 # Field numbers from envoy/service/discovery/v3/discovery.proto.
@@ -118,7 +102,8 @@ class Resource:
     type_url: str
     version: str
     any_bytes: bytes = field(repr=False)
-    message: Message = field(repr=False, compare=False)
+    # What it was made from: a message, or one held as its bytes (read with `message`).
+    source: Message | Encoded[Message] = field(repr=False, compare=False)
     # This resource's share of its type's version (see TypeSnapshot.version).
     entry: int = field(init=False, repr=False, compare=False)
     # The encoded pieces, made on first use and then shared by every stream
@@ -128,6 +113,11 @@ class Resource:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entry", _entry(self.name, self.version))
+
+    @property
+    def message(self) -> Message:
+        """The resource as a message; shared: treat it as read-only."""
+        return message_of(self.source)
 
     @property
     def sotw_piece(self) -> bytes:
@@ -154,11 +144,14 @@ class Resource:
         return any_pb2.Any.FromString(self.any_bytes)
 
 
-def make_resource(name: str, type_url: str, message: Message) -> Resource:
-    value = message.SerializeToString(deterministic=True)
+def make_resource(name: str, type_url: str, message: Message | Encoded[Message]) -> Resource:
+    if isinstance(message, Encoded):
+        value = message.data
+    else:
+        value = message.SerializeToString(deterministic=True)
     packed = any_pb2.Any(type_url=type_url, value=value).SerializeToString(deterministic=True)
     return Resource(
-        name=name, type_url=type_url, version=_hash([value]), any_bytes=packed, message=message
+        name=name, type_url=type_url, version=_hash([value]), any_bytes=packed, source=message
     )
 
 
@@ -270,7 +263,9 @@ class Snapshot:
 
 
 def build_snapshot(
-    resources: Mapping[str, Mapping[str, Message]], *, previous: Snapshot | None = None
+    resources: Mapping[str, Mapping[str, Message | Encoded[Message]]],
+    *,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
     """Serialise and version a `{type_url: {name: message}}` set.
 
@@ -296,7 +291,7 @@ def build_snapshot(
         changed: list[str] = []
         for name, message in by_name.items():
             found = old.get(name)
-            if found is None or found.message is not message:
+            if found is None or found.source is not message:
                 found = make_resource(name, type_url, message)
                 changed.append(name)
             built[name] = found

@@ -3,7 +3,9 @@
 The IR is frozen and hashable, so a resource is memoised on the IR value it
 comes from: an unchanged Ingress costs a dictionary lookup, not a protobuf
 build, and yields the very same message object as last time. Messages are
-shared between builds: callers must treat them as read-only.
+shared between builds: callers must treat them as read-only. Route
+configurations come as their bytes (resources/encoded.py), joined from
+their virtual hosts' cached pieces.
 """
 
 from __future__ import annotations
@@ -12,29 +14,32 @@ import dataclasses
 import operator
 from typing import Any
 
-from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
 from xds_ingress import gc_pause, ir
 from xds_ingress.resources import types
 from xds_ingress.resources.cluster import build_cluster
+from xds_ingress.resources.encoded import Encoded
 from xds_ingress.resources.endpoint import build_load_assignment
 from xds_ingress.resources.extension_config import (
     GRPC_STATS,
     GrpcMethod,
     build_grpc_stats_extension,
-    routed_methods,
+    virtual_host_methods,
 )
 from xds_ingress.resources.listener import build_https_listener, build_listener
 from xds_ingress.resources.memo import Memo
-from xds_ingress.resources.route import build_route_configuration, build_virtual_host
+from xds_ingress.resources.route import encode_route_configuration, virtual_host_piece
 from xds_ingress.resources.secret import build_ca_secret, build_secret, ca_bundles
 
-Resources = dict[str, dict[str, Message]]
+# Route configurations are Encoded (see encoded.py); everything else is a message.
+Resources = dict[str, dict[str, Message | Encoded[Message]]]
 # A Backend, its cluster and its load assignment.
 _BuiltBackend = tuple[ir.Backend, Message, Message]
-# A virtual host and its message.
-_BuiltHost = tuple[ir.VirtualHost, route_components_pb2.VirtualHost]
+# A virtual host, its piece of the route configuration, its routed gRPC methods.
+_BuiltHost = tuple[ir.VirtualHost, bytes, frozenset[GrpcMethod]]
+# A route configuration, and the routed gRPC methods of all its hosts.
+_BuiltRoutes = tuple[Encoded[Message], frozenset[GrpcMethod]]
 
 
 class DuplicateNameError(ValueError):
@@ -52,10 +57,11 @@ class ResourceBuilder:
         self._https_listeners: Memo[ir.HttpsListener, Message] = Memo()
         self._secrets: Memo[ir.TlsCertificate, Message] = Memo()
         self._ca_secrets: Memo[ir.CaBundle, Message] = Memo()
-        self._route_configs: Memo[ir.RouteConfig, Message] = Memo()
+        self._route_configs: Memo[ir.RouteConfig, _BuiltRoutes] = Memo()
         # A route config is rebuilt whenever any of its hosts changes; keeping
-        # the hosts too makes that a copy of the unchanged ones, not a rebuild.
-        self._virtual_hosts: Memo[ir.VirtualHost, route_components_pb2.VirtualHost] = Memo()
+        # the hosts' pieces too makes that a join, not a rebuild.
+        self._virtual_hosts: Memo[ir.VirtualHost, bytes] = Memo()
+        self._virtual_host_methods: Memo[ir.VirtualHost, frozenset[GrpcMethod]] = Memo()
         # Keyed by the backend with its endpoints left out: EndpointSlice churn
         # (the common change) must not rebuild, or re-version, the cluster.
         self._clusters: Memo[ir.Backend, Message] = Memo(key=_without_endpoints)
@@ -64,9 +70,8 @@ class ResourceBuilder:
         # By route config and host name, the hosts its last build made.
         self._hosts_built: dict[str, dict[str, _BuiltHost]] = {}
         self._load_assignments: Memo[ir.Backend, Message] = Memo()
-        # The gRPC methods of each route config, and the grpc_stats config of
-        # them all: a route change that names no new method rebuilds nothing.
-        self._methods: Memo[ir.RouteConfig, frozenset[GrpcMethod]] = Memo()
+        # The grpc_stats config of every route config's gRPC methods: a route
+        # change that names no new method rebuilds nothing.
         self._grpc_stats: Memo[frozenset[GrpcMethod], Message] = Memo()
         self._memos: tuple[Memo[Any, Any], ...] = (
             self._listeners,
@@ -75,9 +80,9 @@ class ResourceBuilder:
             self._ca_secrets,
             self._route_configs,
             self._virtual_hosts,
+            self._virtual_host_methods,
             self._clusters,
             self._load_assignments,
-            self._methods,
             self._grpc_stats,
         )
 
@@ -102,17 +107,16 @@ class ResourceBuilder:
         for bundle in ca_bundles(config):
             message = self._ca_secrets.get(bundle, build_ca_secret)
             _add(resources, types.SECRET, bundle.name, message)
+        methods: set[GrpcMethod] = set()
         for route_config in config.route_configs:
-            message = self._route_configs.get(route_config, self._build_route_configuration)
-            _add(resources, types.ROUTE, route_config.name, message)
+            encoded, routed = self._route_configs.get(route_config, self._build_route_configuration)
+            _add(resources, types.ROUTE, route_config.name, encoded)
+            methods |= routed
         # An unchanged route config keeps its hosts (see _build_route_configuration).
         for gone in self._hosts_built.keys() - {each.name for each in config.route_configs}:
             del self._hosts_built[gone]
         if _has_connection_manager(config):
-            methods = frozenset[GrpcMethod]().union(
-                *(self._methods.get(each, routed_methods) for each in config.route_configs)
-            )
-            message = self._grpc_stats.get(methods, build_grpc_stats_extension)
+            message = self._grpc_stats.get(frozenset(methods), build_grpc_stats_extension)
             _add(resources, types.EXTENSION_CONFIG, GRPC_STATS, message)
         self._add_backends(resources, config.backends)
         for memo in self._memos:
@@ -154,27 +158,34 @@ class ResourceBuilder:
             cluster = self._clusters.get(backend, build_cluster)
         return backend, cluster, self._load_assignments.get(backend, build_load_assignment)
 
-    def _build_route_configuration(self, route_config: ir.RouteConfig) -> Message:
-        """A route config whose hosts are copied, not rebuilt, unless they changed.
+    def _build_route_configuration(self, route_config: ir.RouteConfig) -> _BuiltRoutes:
+        """A route config joined from its hosts' pieces, encoding only the changed hosts.
 
-        Its hosts' messages are kept by name (and the IR they came from)
-        for as long as the route config is: the day one host changes, the
+        Its hosts' pieces are kept by name (and the IR they came from) for
+        as long as the route config is: the day one host changes, the
         others are found with a dictionary lookup and an identity check,
         not a memo lookup each (at 3000 hosts, a tenth of a rebuild).
         """
         before = self._hosts_built.get(route_config.name, {})
         now: dict[str, _BuiltHost] = {}
+        methods: list[frozenset[GrpcMethod]] = []
 
-        def virtual_host(vhost: ir.VirtualHost) -> route_components_pb2.VirtualHost:
+        def virtual_host(vhost: ir.VirtualHost) -> bytes:
             built = before.get(vhost.name)
             if built is None or built[0] is not vhost:
-                built = (vhost, self._virtual_hosts.get(vhost, build_virtual_host))
+                built = (
+                    vhost,
+                    self._virtual_hosts.get(vhost, virtual_host_piece),
+                    self._virtual_host_methods.get(vhost, virtual_host_methods),
+                )
             now[vhost.name] = built
+            if built[2]:
+                methods.append(built[2])
             return built[1]
 
-        message = build_route_configuration(route_config, virtual_host=virtual_host)
+        encoded = encode_route_configuration(route_config, virtual_host=virtual_host)
         self._hosts_built[route_config.name] = now
-        return message
+        return encoded, frozenset[GrpcMethod]().union(*methods)
 
 
 # Every Backend field but its endpoints, as one tuple (in C).
@@ -194,7 +205,9 @@ def _has_connection_manager(config: ir.Config) -> bool:
     )
 
 
-def _add(resources: Resources, type_url: str, name: str, message: Message) -> None:
+def _add(
+    resources: Resources, type_url: str, name: str, message: Message | Encoded[Message]
+) -> None:
     by_name = resources[type_url]
     if name in by_name:
         raise _duplicate(type_url, name)

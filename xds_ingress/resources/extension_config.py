@@ -54,12 +54,13 @@ def grpc_method(route: ir.Route) -> GrpcMethod | None:
 
 
 def routed_methods(route_config: ir.RouteConfig) -> frozenset[GrpcMethod]:
-    return frozenset(
-        method
-        for vhost in route_config.virtual_hosts
-        for route in vhost.routes
-        if (method := grpc_method(route)) is not None
+    return frozenset[GrpcMethod]().union(
+        *(virtual_host_methods(vhost) for vhost in route_config.virtual_hosts)
     )
+
+
+def virtual_host_methods(vhost: ir.VirtualHost) -> frozenset[GrpcMethod]:
+    return frozenset(method for route in vhost.routes if (method := grpc_method(route)) is not None)
 
 
 def grpc_stats_config(methods: Iterable[GrpcMethod]) -> grpc_stats_pb2.FilterConfig:

@@ -24,6 +24,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from xds_ingress import ir
 from xds_ingress.resources.core import typed
+from xds_ingress.resources.encoded import Encoded, length_delimited
 
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 # Retried whatever the route says: the backend never saw the call, so a
@@ -42,18 +43,42 @@ _NOT_GRPC_BODY = (
 )
 _CLIENT_CERTIFICATE_BODY = "xds-ingress: this route needs a valid client certificate, over HTTPS\n"
 
-VirtualHostBuilder = Callable[[ir.VirtualHost], route_components_pb2.VirtualHost]
+# RouteConfiguration's field numbers (envoy/config/route/v3/route.proto).
+_NAME_FIELD = 1
+_VIRTUAL_HOSTS_FIELD = 2
+
+VirtualHostPiece = Callable[[ir.VirtualHost], bytes]
 
 
-def build_route_configuration(
-    route_config: ir.RouteConfig, *, virtual_host: VirtualHostBuilder | None = None
-) -> route_pb2.RouteConfiguration:
-    """`virtual_host` lets a caller reuse virtual hosts built before (see builder.py)."""
-    build = virtual_host if virtual_host is not None else build_virtual_host
+def build_route_configuration(route_config: ir.RouteConfig) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=route_config.name,
-        virtual_hosts=[build(vhost) for vhost in route_config.virtual_hosts],
+        virtual_hosts=[build_virtual_host(vhost) for vhost in route_config.virtual_hosts],
     )
+
+
+def encode_route_configuration(
+    route_config: ir.RouteConfig, *, virtual_host: VirtualHostPiece | None = None
+) -> Encoded[route_pb2.RouteConfiguration]:
+    """build_route_configuration's message, serialised, joined from its hosts' pieces.
+
+    `virtual_host` gives a host's piece (`virtual_host_piece`), letting a
+    caller reuse the pieces of hosts encoded before (see builder.py). The
+    fields are the only two the message sets, in field order, as
+    protobuf's own deterministic serialisation writes them.
+    """
+    piece = virtual_host if virtual_host is not None else virtual_host_piece
+    name = (length_delimited(_NAME_FIELD, route_config.name.encode()),) if route_config.name else ()
+    return Encoded(
+        route_pb2.RouteConfiguration,
+        b"".join([*name, *(piece(vhost) for vhost in route_config.virtual_hosts)]),
+    )
+
+
+def virtual_host_piece(vhost: ir.VirtualHost) -> bytes:
+    """`vhost` encoded as one `virtual_hosts` field of a RouteConfiguration."""
+    encoded = build_virtual_host(vhost).SerializeToString(deterministic=True)
+    return length_delimited(_VIRTUAL_HOSTS_FIELD, encoded)
 
 
 def build_virtual_host(vhost: ir.VirtualHost) -> route_components_pb2.VirtualHost:

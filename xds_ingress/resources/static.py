@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from xds_ingress.resources import types
 from xds_ingress.resources.core import bootstrap_shell, to_document, typed
+from xds_ingress.resources.encoded import Encoded, message_of
 
 _HCM_TYPE_URL = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _DOWNSTREAM_TLS_TYPE_URL = (
@@ -31,7 +32,7 @@ _DOWNSTREAM_TLS_TYPE_URL = (
 
 
 def render_static_bootstrap(
-    resources: Mapping[str, Mapping[str, Message]],
+    resources: Mapping[str, Mapping[str, Message | Encoded[Message]]],
     *,
     node_id: str,
     node_cluster: str,
@@ -56,8 +57,8 @@ def render_static_bootstrap(
 
 def _with_inline_routes(
     listener: listener_pb2.Listener,
-    routes: Mapping[str, Message],
-    extensions: Mapping[str, Message],
+    routes: Mapping[str, Message | Encoded[Message]],
+    extensions: Mapping[str, Message | Encoded[Message]],
 ) -> listener_pb2.Listener:
     # A copy: the builder shares its messages between builds.
     inlined = listener_pb2.Listener()
@@ -74,7 +75,7 @@ def _with_inline_routes(
             network_filter.typed_config.Unpack(hcm)
             if hcm.HasField("rds"):
                 # route_config shares a oneof with rds, so this also clears rds.
-                hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
+                hcm.route_config.CopyFrom(message_of(routes[hcm.rds.route_config_name]))
             _inline_extension_configs(hcm, extensions)
             network_filter.typed_config.CopyFrom(typed(hcm))
     return inlined
