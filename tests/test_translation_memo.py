@@ -111,6 +111,10 @@ def an_ingress(draw: Draw) -> Document:
     host = draw(st.sampled_from(["x.example.com", "y.example.com", None]))
     if host is not None:
         rule["host"] = host
+    spec: dict[str, Any] = {"rules": [rule]}
+    class_name = draw(st.sampled_from([None, "ours", "theirs"]))
+    if class_name is not None:
+        spec["ingressClassName"] = class_name
     annotations = draw(
         st.dictionaries(
             st.sampled_from(
@@ -135,11 +139,22 @@ def an_ingress(draw: Draw) -> Document:
                 st.sampled_from(["2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"])
             ),
         },
-        "spec": {"rules": [rule]},
+        "spec": spec,
     }
 
 
-an_object = st.one_of(a_service(), a_slice(), an_ingress())
+@st.composite
+def an_ingress_class(draw: Draw) -> Document:
+    # Whether it is ours changes which Ingresses are, without writing them.
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": draw(st.sampled_from(["ours", "theirs"]))},
+        "spec": {"controller": draw(st.sampled_from([SETTINGS.controller_name, "example.com/x"]))},
+    }
+
+
+an_object = st.one_of(a_service(), a_slice(), an_ingress(), an_ingress_class())
 # A first set, then small changes, so that most objects outlive each change
 # and the memo is used: each step writes an object, or deletes one written
 # before (by index). Then the same with the generic generators, junk included.
@@ -389,6 +404,31 @@ def test_the_memo_forgets_a_deleted_ingress_one_translation_later() -> None:
     store.delete(ObjectKey("Ingress", NAMESPACE, "b"), origin="test")
     translate(store.view(), settings=SETTINGS, memo=memo)
     assert len(memo.ingresses) == 1
+
+
+def test_an_unchanged_ingress_is_served_or_not_as_its_class_becomes_ours_or_not() -> None:
+    store = _store_with(["a"])
+    ingress = routed_ingress("a", host="a.example.com")
+    ingress["spec"]["ingressClassName"] = "grpc"
+    store.apply(parse_object(ingress), origin="test")
+    ingress_class = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": "grpc"},
+        "spec": {"controller": SETTINGS.controller_name},
+    }
+    memo = TranslationMemo()
+
+    def hosts() -> list[str]:
+        translation = translate(store.view(), settings=SETTINGS, memo=memo)
+        (http,) = [rc for rc in translation.config.route_configs if rc.name == "http"]
+        return [vhost.name for vhost in http.virtual_hosts]
+
+    assert hosts() == []
+    store.apply(parse_object(ingress_class), origin="test")
+    assert hosts() == ["a.example.com"]
+    store.delete(ObjectKey("IngressClass", "", "grpc"), origin="test")
+    assert hosts() == []
 
 
 def test_one_service_ref_resolved_for_another_protocol_is_not_taken_from_the_memo() -> None:

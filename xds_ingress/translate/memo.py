@@ -16,7 +16,7 @@ used (`rotate`), so a deleted object is forgotten one translation later.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -25,6 +25,7 @@ from xds_ingress.sources.objects import KubeObject
 from xds_ingress.store import StoreView
 from xds_ingress.translate.annotations import IngressOptions
 from xds_ingress.translate.backends import Resolution, ResolvedBackends
+from xds_ingress.translate.classes import ClassPolicy
 from xds_ingress.translate.findings import Findings
 from xds_ingress.translate.rules import Candidate, ServiceRef
 from xds_ingress.translate.tls_rules import TlsRequest
@@ -45,38 +46,57 @@ class IngressReading:
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry(Generic[T]):
-    # Held so that its id cannot be reused while the entry lives.
+class _Claim:
     obj: KubeObject
-    value: T
-    # None when reading it found nothing wrong (the usual case): three empty
-    # sets per object per memo would cost ~20 MB at 10k Ingresses.
+    claimed: bool
+    # Read only when claimed: an Ingress of another controller is not ours to judge.
+    reading: IngressReading | None
     findings: Findings | None
 
 
-class ObjectMemo(Generic[T]):
-    """Values of `read(obj, findings)` for objects whose values depend on nothing else."""
+class IngressMemo:
+    """Which Ingresses are ours, and what each of ours says, kept per object.
+
+    One lookup by identity per Ingress: at 3000 Ingresses, asking the class
+    policy about each one again (a walk into its spec and annotations) cost
+    more than reading the changed one. The claim holds while the policy is
+    equal (an IngressClass change asks again); the reading holds for as
+    long as the object does, whatever the policy.
+    """
 
     def __init__(self) -> None:
-        self._previous: dict[int, _Entry[T]] = {}
-        self._current: dict[int, _Entry[T]] = {}
+        self._previous: dict[int, _Claim] = {}
+        self._current: dict[int, _Claim] = {}
+        self._policy: ClassPolicy | None = None
 
-    def get(
-        self, obj: KubeObject, read: Callable[[KubeObject, Findings], T], *, findings: Findings
-    ) -> T:
-        """`read(obj, ...)`, or what it returned for `obj` before; its findings go to `findings`."""
-        key = id(obj)
-        entry = self._current.get(key)
-        if entry is None:
-            entry = self._previous.get(key)
-            if entry is None or entry.obj is not obj:
-                found = Findings()
-                value = read(obj, found)
-                entry = _Entry(obj, value, found if found else None)
-            self._current[key] = entry
-        if entry.findings is not None:
-            findings.extend(entry.findings)
-        return entry.value
+    def readings(
+        self,
+        ingresses: Iterable[KubeObject],
+        *,
+        policy: ClassPolicy,
+        read: Callable[[KubeObject, Findings], IngressReading],
+        findings: Findings,
+    ) -> list[IngressReading]:
+        """The readings of the Ingresses `policy` claims, in order; their findings to `findings`."""
+        same_policy = policy == self._policy
+        self._policy = policy
+        previous, current = self._previous, self._current
+        readings = []
+        for ingress in ingresses:
+            key = id(ingress)
+            entry = current.get(key)
+            if entry is None:
+                entry = previous.get(key)
+                if entry is None or entry.obj is not ingress:
+                    entry = _claim(ingress, policy.claims(ingress), read)
+                elif not same_policy and policy.claims(ingress) != entry.claimed:
+                    entry = _claim(ingress, not entry.claimed, read)
+                current[key] = entry
+            if entry.reading is not None:
+                readings.append(entry.reading)
+                if entry.findings is not None:
+                    findings.extend(entry.findings)
+        return readings
 
     def rotate(self) -> None:
         """End a translation: keep what it used, drop the rest."""
@@ -85,6 +105,15 @@ class ObjectMemo(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._previous.keys() | self._current.keys())
+
+
+def _claim(
+    ingress: KubeObject, claimed: bool, read: Callable[[KubeObject, Findings], IngressReading]
+) -> _Claim:
+    if not claimed:
+        return _Claim(ingress, False, None, None)
+    found = Findings()
+    return _Claim(ingress, True, read(ingress, found), found if found else None)
 
 
 K = TypeVar("K", bound=Hashable)
@@ -234,7 +263,7 @@ class TranslationMemo:
     """Every memo one translator keeps between translations; pass the same one each time."""
 
     def __init__(self) -> None:
-        self.ingresses: ObjectMemo[IngressReading] = ObjectMemo()
+        self.ingresses = IngressMemo()
         self.backends = ResolvedBackends()
         # By the id of the Candidate (held in the inputs): its route.
         self.routes: DerivedMemo[int, RouteInputs, ir.Route] = DerivedMemo()

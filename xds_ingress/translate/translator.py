@@ -86,9 +86,10 @@ def _translate(
     cache = certificates if certificates is not None else CertificateCache()
     findings = Findings()
     policy = ClassPolicy.build(view, settings=settings)
-    ingresses = [ingress for ingress in view.objects(INGRESS) if policy.claims(ingress)]
-    # Read for every Ingress, routes won or not, so each bad value is reported.
-    readings = [memo.ingresses.get(ingress, _reading, findings=findings) for ingress in ingresses]
+    # Read for every Ingress of ours, routes won or not, so each bad value is reported.
+    readings = memo.ingresses.readings(
+        view.objects(INGRESS), policy=policy, read=_reading, findings=findings
+    )
     resolver = BackendResolver(view, findings=findings, memo=memo.backends)
     virtual_hosts, backends = _ingress_hosts(
         readings, view=view, resolver=resolver, findings=findings, memo=memo
