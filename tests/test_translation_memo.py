@@ -32,7 +32,7 @@ from xds_ingress.store import Store
 from xds_ingress.translate import translate, translator
 from xds_ingress.translate.backends import BackendResolver, ResolvedBackends
 from xds_ingress.translate.findings import Findings
-from xds_ingress.translate.memo import TranslationMemo
+from xds_ingress.translate.memo import HostMemo, HostPart, TranslationMemo
 from xds_ingress.translate.precedence import resolve_conflicts
 from xds_ingress.translate.rules import Candidate, ServiceRef
 
@@ -300,6 +300,34 @@ def test_a_one_ingress_change_works_out_only_the_hosts_it_names(
         "b2.example.com",
         "c.example.com",
     ]
+
+
+def test_an_ingress_change_visits_only_its_hosts_and_a_service_change_every_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unchanged hosts are not even looked up after an Ingress change (at
+    thousands of hosts, that walk was most of a translation); after a
+    Service change every host's part is checked against the store."""
+    store = _store_with(["a", "b", "c"])
+    memo = TranslationMemo()
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    visited: list[str] = []
+    find = HostMemo.find
+
+    def counting(self: HostMemo, host: str, *args: Any, **kwargs: Any) -> HostPart | None:
+        visited.append(host)
+        return find(self, host, *args, **kwargs)
+
+    monkeypatch.setattr(HostMemo, "find", counting)
+    store.apply(parse_object(routed_ingress("b", host="b2.example.com")), origin="test")
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    # b.example.com is no longer named: forgotten without a lookup.
+    assert visited == ["b2.example.com"]
+    visited.clear()
+    store.apply(parse_object(routed_service("a", port_name="web")), origin="test")
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    assert sorted(visited) == ["a.example.com", "b2.example.com", "c.example.com"]
 
 
 def test_hosts_kept_whole_still_reuse_their_routes_once_a_service_changes() -> None:

@@ -16,17 +16,19 @@ used (`rotate`), so a deleted object is forgotten one translation later.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from xds_ingress import ir
-from xds_ingress.sources.objects import KubeObject
+from xds_ingress.sources.objects import KubeObject, ObjectKey
 from xds_ingress.store import StoreView
 from xds_ingress.translate.annotations import IngressOptions
 from xds_ingress.translate.backends import Resolution, ResolvedBackends
 from xds_ingress.translate.classes import ClassPolicy
 from xds_ingress.translate.findings import Findings
+from xds_ingress.translate.precedence import host_order
 from xds_ingress.translate.rules import Candidate, ServiceRef
 from xds_ingress.translate.tls_rules import TlsRequest
 from xds_ingress.translate.validation import Invalid
@@ -68,6 +70,9 @@ class IngressMemo:
         self._previous: dict[int, _Claim] = {}
         self._current: dict[int, _Claim] = {}
         self._policy: ClassPolicy | None = None
+        # This translation's new entries, and the previous ones they replace.
+        self._made: list[_Claim] = []
+        self._replaced: list[_Claim] = []
 
     def readings(
         self,
@@ -88,9 +93,14 @@ class IngressMemo:
             if entry is None:
                 entry = previous.get(key)
                 if entry is None or entry.obj is not ingress:
+                    if entry is not None:
+                        self._replaced.append(entry)
                     entry = _claim(ingress, policy.claims(ingress), read)
+                    self._made.append(entry)
                 elif not same_policy and policy.claims(ingress) != entry.claimed:
+                    self._replaced.append(entry)
                     entry = _claim(ingress, not entry.claimed, read)
+                    self._made.append(entry)
                 current[key] = entry
             if entry.reading is not None:
                 readings.append(entry.reading)
@@ -98,10 +108,19 @@ class IngressMemo:
                     findings.extend(entry.findings)
         return readings
 
+    def changes(self) -> tuple[list[IngressReading], list[IngressReading]]:
+        """The readings this translation has that the last did not, and those it no longer has."""
+        gone = [self._previous[key] for key in self._previous.keys() - self._current.keys()]
+        added = [entry.reading for entry in self._made if entry.reading is not None]
+        dropped = [entry.reading for entry in (*self._replaced, *gone) if entry.reading is not None]
+        return added, dropped
+
     def rotate(self) -> None:
         """End a translation: keep what it used, drop the rest."""
         self._previous = self._current
         self._current = {}
+        self._made = []
+        self._replaced = []
 
     def __len__(self) -> int:
         return len(self._previous.keys() | self._current.keys())
@@ -193,16 +212,29 @@ class HostMemo:
     Contests between Ingresses, route order and the virtual host never
     look past one host, so a change to one Ingress leaves every other
     host's part as it was: at 3000 Ingresses, working them all out again
-    was most of the translation after a one-Ingress change. A part is
-    checked against the store only when something resolving reads was
-    replaced (a Service, a slice, a Secret) since it was last found good.
+    was most of the translation after a one-Ingress change. Which readings
+    name each host, the parts and the virtual hosts in host order are kept
+    from one translation to the next and updated in place: a translation
+    after a change to Ingresses visits only the hosts those name. One after
+    something resolving reads was replaced (a Service, a slice, a Secret)
+    visits every host, and checks each part against the store.
     """
 
     def __init__(self) -> None:
         # host -> its part, and the store generations it was last found good in.
-        self._previous: dict[str, tuple[HostPart, tuple[object, ...] | None]] = {}
-        self._current: dict[str, tuple[HostPart, tuple[object, ...] | None]] = {}
+        self._parts: dict[str, tuple[HostPart, tuple[object, ...] | None]] = {}
+        # host -> the readings naming it, in Ingress order.
+        self._by_host: dict[str, list[IngressReading]] = {}
+        # The hosts with a virtual host, in host order, and those virtual hosts.
+        self._order: list[tuple[bool, str]] = []
+        self._virtual_hosts: list[ir.VirtualHost] = []
+        # The generations the last translation ran in, and whether everything
+        # above is what it left (not after the first, or one that failed).
+        self._generations: tuple[object, ...] | None = None
+        self._complete = False
         self._translated = False
+        # Visiting every host: the order is sorted once at the end, not kept.
+        self._visiting_all = False
 
     def first_translation(self) -> bool:
         """True the first time it is asked: that translation works its hosts out in one go.
@@ -215,6 +247,63 @@ class HostMemo:
         self._translated = True
         return first
 
+    def hosts_to_visit(
+        self,
+        readings: Sequence[IngressReading],
+        *,
+        added: Sequence[IngressReading],
+        dropped: Sequence[IngressReading],
+        generations: tuple[object, ...] | None,
+    ) -> Iterable[str]:
+        """Regroup the readings by host; the hosts whose parts may have changed.
+
+        `readings`: every reading of this translation, in Ingress order;
+        `added`, `dropped`: how they differ from the last translation's.
+        """
+        incremental = self._complete and generations is not None
+        incremental = incremental and generations == self._generations
+        self._complete = False
+        self._generations = generations
+        self._visiting_all = not incremental
+        if incremental:
+            return self._regroup(added, dropped)
+        by_host: dict[str, list[IngressReading]] = {}
+        for reading in readings:
+            for candidate in reading.candidates:
+                listed = by_host.get(candidate.host)
+                if listed is None:
+                    by_host[candidate.host] = [reading]
+                elif listed[-1] is not reading:
+                    listed.append(reading)
+        gone = self._parts.keys() - by_host.keys()
+        self._by_host = by_host
+        return [*by_host, *gone]
+
+    def _regroup(
+        self, added: Sequence[IngressReading], dropped: Sequence[IngressReading]
+    ) -> set[str]:
+        changed: set[str] = set()
+        by_host = self._by_host
+        dropped_ids = {id(reading) for reading in dropped}
+        for reading in dropped:
+            for host in _hosts_named(reading):
+                listed = by_host.get(host)
+                if listed is not None:
+                    by_host[host] = [each for each in listed if id(each) not in dropped_ids]
+                    changed.add(host)
+        for reading in added:
+            for host in _hosts_named(reading):
+                listed = by_host.setdefault(host, [])
+                listed.append(reading)
+                if len(listed) > 1:
+                    listed.sort(key=_ingress_key)
+                changed.add(host)
+        return changed
+
+    def readings_of(self, host: str) -> list[IngressReading]:
+        """The readings naming `host` (empty: none, the host is gone)."""
+        return self._by_host.get(host) or []
+
     def find(
         self,
         host: str,
@@ -224,7 +313,7 @@ class HostMemo:
         generations: tuple[object, ...] | None,
     ) -> HostPart | None:
         """The part made for `host` from these very readings, if it still holds in `view`."""
-        found = self._previous.get(host)
+        found = self._parts.get(host)
         if found is None:
             return None
         part, good_in = found
@@ -240,17 +329,67 @@ class HostMemo:
 
     def previous(self, host: str) -> HostPart | None:
         """The part made for `host` last time, whatever it was made from."""
-        found = self._previous.get(host)
+        found = self._parts.get(host)
         return None if found is None else found[0]
 
     def keep(self, host: str, part: HostPart, generations: tuple[object, ...] | None) -> None:
         """Keep `part`, found good in `generations`."""
-        self._current[host] = (part, generations)
+        self._parts[host] = (part, generations)
+        self._place(host, part.virtual_host)
 
-    def rotate(self) -> None:
-        """End a translation: keep what it used, drop the rest."""
-        self._previous = self._current
-        self._current = {}
+    def forget(self, host: str) -> None:
+        """`host` is named by no Ingress any more."""
+        self._parts.pop(host, None)
+        self._by_host.pop(host, None)
+        self._place(host, None)
+
+    def _place(self, host: str, virtual_host: ir.VirtualHost | None) -> None:
+        if self._visiting_all:
+            return
+        key = host_order(host)
+        index = bisect.bisect_left(self._order, key)
+        present = index < len(self._order) and self._order[index] == key
+        if virtual_host is None:
+            if present:
+                del self._order[index]
+                del self._virtual_hosts[index]
+        elif present:
+            self._virtual_hosts[index] = virtual_host
+        else:
+            self._order.insert(index, key)
+            self._virtual_hosts.insert(index, virtual_host)
+
+    def finish(self) -> None:
+        """The translation kept every host's part: the next may visit only what changes."""
+        if self._visiting_all:
+            placed = sorted(
+                (host_order(host), part.virtual_host)
+                for host, (part, _) in self._parts.items()
+                if part.virtual_host is not None
+            )
+            self._order = [key for key, _ in placed]
+            self._virtual_hosts = [vhost for _, vhost in placed]
+            self._visiting_all = False
+        self._complete = True
+
+    def parts(self) -> Iterable[HostPart]:
+        return (part for part, _ in self._parts.values())
+
+    def virtual_hosts(self) -> tuple[ir.VirtualHost, ...]:
+        """Every kept part's virtual host, in host order."""
+        return tuple(self._virtual_hosts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+
+def _hosts_named(reading: IngressReading) -> Iterable[str]:
+    return dict.fromkeys(candidate.host for candidate in reading.candidates)
+
+
+def _ingress_key(reading: IngressReading) -> ObjectKey:
+    # Only a reading with candidates names a host; they all come from its Ingress.
+    return reading.candidates[0].origin.key
 
 
 # A route's inputs: the candidate, what its backend resolved to, its policy.
@@ -279,6 +418,5 @@ class TranslationMemo:
             self.backends,
             self.routes,
             self.virtual_hosts,
-            self.hosts,
         ):
             memo.rotate()

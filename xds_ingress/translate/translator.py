@@ -220,32 +220,30 @@ def _ingress_hosts(
     """
     if memo.hosts.first_translation():
         return _all_hosts(readings, resolver=resolver, findings=findings, memo=memo)
-    by_host: dict[str, list[IngressReading]] = {}
-    for reading in readings:
-        for candidate in reading.candidates:
-            listed = by_host.get(candidate.host)
-            if listed is None:
-                by_host[candidate.host] = [reading]
-            elif listed[-1] is not reading:
-                listed.append(reading)
     generations = memo.backends.generations
-    virtual_hosts: dict[str, ir.VirtualHost] = {}
-    backends: dict[str, ir.Backend] = {}
-    for host, host_readings in by_host.items():
-        part = memo.hosts.find(host, host_readings, view=view, generations=generations)
+    added, dropped = memo.ingresses.changes()
+    hosts = memo.hosts
+    for host in hosts.hosts_to_visit(
+        readings, added=added, dropped=dropped, generations=generations
+    ):
+        host_readings = hosts.readings_of(host)
+        if not host_readings:
+            hosts.forget(host)
+            continue
+        part = hosts.find(host, host_readings, view=view, generations=generations)
         if part is None:
-            previous = memo.hosts.previous(host)
+            previous = hosts.previous(host)
             if previous is not None:
                 _restore(host, previous, memo=memo)
             part = _host_part(host, host_readings, view=view, memo=memo)
-        memo.hosts.keep(host, part, generations)
+        hosts.keep(host, part, generations)
+    backends: dict[str, ir.Backend] = {}
+    for part in hosts.parts():
         if part.findings is not None:
             findings.extend(part.findings)
-        if part.virtual_host is not None:
-            virtual_hosts[host] = part.virtual_host
         backends.update(part.backends)
-    ordered = tuple(virtual_hosts[host] for host in sorted(virtual_hosts, key=host_order))
-    return ordered, backends
+    hosts.finish()
+    return hosts.virtual_hosts(), backends
 
 
 def _all_hosts(
