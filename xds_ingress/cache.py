@@ -110,6 +110,8 @@ class Resource:
     # that sends this resource (a resource is sent to every Envoy).
     _sotw_piece: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _delta_piece: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    # A cluster's `eds_name`, worked out once: every publish checks them all.
+    _eds_name: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entry", _entry(self.name, self.version))
@@ -139,6 +141,18 @@ class Resource:
             piece = length_delimited(_RESPONSE_RESOURCES, body)
             object.__setattr__(self, "_delta_piece", piece)
         return piece
+
+    @property
+    def eds_name(self) -> str:
+        """Of a cluster: the ClusterLoadAssignment it is fed by ("": none, not EDS)."""
+        name = self._eds_name
+        if name is None:
+            cluster: Any = self.message
+            name = ""
+            if cluster.type == cluster_pb2.Cluster.EDS:
+                name = cluster.eds_cluster_config.service_name or cluster.name
+            object.__setattr__(self, "_eds_name", name)
+        return name
 
     def to_any(self) -> any_pb2.Any:
         return any_pb2.Any.FromString(self.any_bytes)
@@ -316,11 +330,8 @@ def snapshot_from_resources(resources: Mapping[str, Mapping[str, Resource]]) -> 
 
 
 def _eds_names(snapshot: Snapshot) -> set[str]:
-    names: set[str] = set()
-    for resource in snapshot.of_type(types.CLUSTER).resources.values():
-        cluster: Any = resource.message
-        if cluster.type == cluster_pb2.Cluster.EDS:
-            names.add(cluster.eds_cluster_config.service_name or cluster.name)
+    names = {resource.eds_name for resource in snapshot.of_type(types.CLUSTER).resources.values()}
+    names.discard("")
     return names
 
 

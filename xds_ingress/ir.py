@@ -429,6 +429,9 @@ class Condition:
     reason: str
     message: str
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    # Its condition_order, kept: an unchanged object's condition is the same
+    # one at every translation, and all of them are sorted each time.
+    _order: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     __hash__ = _hashed_once("object", "type", "status", "reason", "message")
 
@@ -436,16 +439,20 @@ class Condition:
 def condition_order(condition: Condition) -> tuple[str, ...]:
     """Condition's own order as a flat key: the dataclass's compares build two
     tuples per comparison, and there is a condition per object."""
-    ref = condition.object
-    return (
-        ref.kind,
-        ref.namespace,
-        ref.name,
-        condition.type,
-        condition.status,
-        condition.reason,
-        condition.message,
-    )
+    found = condition._order
+    if found is None:
+        ref = condition.object
+        found = (
+            ref.kind,
+            ref.namespace,
+            ref.name,
+            condition.type,
+            condition.status,
+            condition.reason,
+            condition.message,
+        )
+        object.__setattr__(condition, "_order", found)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

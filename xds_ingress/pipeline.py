@@ -317,9 +317,11 @@ class Pipeline:
                 log.exception("the status stage failed on a build")
 
     def _log_new_conditions(self, conditions: tuple[ir.Condition, ...]) -> None:
-        previous = set(self.report.conditions)
+        # Only problems are logged: the thousands of True conditions are never hashed.
+        true = ir.ConditionStatus.TRUE
+        previous = {each for each in self.report.conditions if each.status is not true}
         for condition in conditions:
-            if condition in previous or condition.status is ir.ConditionStatus.TRUE:
+            if condition.status is true or condition in previous:
                 continue
             log.warning(
                 "%s: %s=%s %s: %s",

@@ -57,9 +57,11 @@ class ResourceBuilder:
         self._https_listeners: Memo[ir.HttpsListener, Message] = Memo()
         self._secrets: Memo[ir.TlsCertificate, Message] = Memo()
         self._ca_secrets: Memo[ir.CaBundle, Message] = Memo()
-        self._route_configs: Memo[ir.RouteConfig, _BuiltRoutes] = Memo()
-        # A route config is rebuilt whenever any of its hosts changes; keeping
-        # the hosts' pieces too makes that a join, not a rebuild.
+        # By name, the route config each last build made, and what from: a
+        # route config changes with any of its hosts, so hashing one (every
+        # host) to find it in a memo cost more than comparing it with the last.
+        self._route_configs: dict[str, tuple[ir.RouteConfig, _BuiltRoutes]] = {}
+        # Keeping the hosts' pieces too makes a changed route config a join.
         self._virtual_hosts: Memo[ir.VirtualHost, bytes] = Memo()
         self._virtual_host_methods: Memo[ir.VirtualHost, frozenset[GrpcMethod]] = Memo()
         # Keyed by the backend with its endpoints left out: EndpointSlice churn
@@ -78,7 +80,6 @@ class ResourceBuilder:
             self._https_listeners,
             self._secrets,
             self._ca_secrets,
-            self._route_configs,
             self._virtual_hosts,
             self._virtual_host_methods,
             self._clusters,
@@ -108,12 +109,20 @@ class ResourceBuilder:
             message = self._ca_secrets.get(bundle, build_ca_secret)
             _add(resources, types.SECRET, bundle.name, message)
         methods: set[GrpcMethod] = set()
+        route_configs: dict[str, tuple[ir.RouteConfig, _BuiltRoutes]] = {}
         for route_config in config.route_configs:
-            encoded, routed = self._route_configs.get(route_config, self._build_route_configuration)
+            before = self._route_configs.get(route_config.name)
+            # Equal tuples of hosts compare by identity first: an unchanged
+            # route config is found without looking into its hosts.
+            if before is None or before[0] != route_config:
+                before = (route_config, self._build_route_configuration(route_config))
+            route_configs[route_config.name] = before
+            encoded, routed = before[1]
             _add(resources, types.ROUTE, route_config.name, encoded)
             methods |= routed
+        self._route_configs = route_configs
         # An unchanged route config keeps its hosts (see _build_route_configuration).
-        for gone in self._hosts_built.keys() - {each.name for each in config.route_configs}:
+        for gone in self._hosts_built.keys() - route_configs.keys():
             del self._hosts_built[gone]
         if _has_connection_manager(config):
             message = self._grpc_stats.get(frozenset(methods), build_grpc_stats_extension)
@@ -168,9 +177,9 @@ class ResourceBuilder:
         """
         before = self._hosts_built.get(route_config.name, {})
         now: dict[str, _BuiltHost] = {}
+        pieces: list[bytes] = []
         methods: list[frozenset[GrpcMethod]] = []
-
-        def virtual_host(vhost: ir.VirtualHost) -> bytes:
+        for vhost in route_config.virtual_hosts:
             built = before.get(vhost.name)
             if built is None or built[0] is not vhost:
                 built = (
@@ -179,12 +188,11 @@ class ResourceBuilder:
                     self._virtual_host_methods.get(vhost, virtual_host_methods),
                 )
             now[vhost.name] = built
+            pieces.append(built[1])
             if built[2]:
                 methods.append(built[2])
-            return built[1]
-
-        encoded = encode_route_configuration(route_config, virtual_host=virtual_host)
         self._hosts_built[route_config.name] = now
+        encoded = encode_route_configuration(route_config, virtual_host_pieces=pieces)
         return encoded, frozenset[GrpcMethod]().union(*methods)
 
 

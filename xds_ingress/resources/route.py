@@ -13,7 +13,7 @@ a host retries alike, the policy is said once, on the virtual host.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import assert_never
 
 from envoy.config.core.v3 import base_pb2
@@ -47,8 +47,6 @@ _CLIENT_CERTIFICATE_BODY = "xds-ingress: this route needs a valid client certifi
 _NAME_FIELD = 1
 _VIRTUAL_HOSTS_FIELD = 2
 
-VirtualHostPiece = Callable[[ir.VirtualHost], bytes]
-
 
 def build_route_configuration(route_config: ir.RouteConfig) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
@@ -58,21 +56,20 @@ def build_route_configuration(route_config: ir.RouteConfig) -> route_pb2.RouteCo
 
 
 def encode_route_configuration(
-    route_config: ir.RouteConfig, *, virtual_host: VirtualHostPiece | None = None
+    route_config: ir.RouteConfig, *, virtual_host_pieces: Sequence[bytes] | None = None
 ) -> Encoded[route_pb2.RouteConfiguration]:
     """build_route_configuration's message, serialised, joined from its hosts' pieces.
 
-    `virtual_host` gives a host's piece (`virtual_host_piece`), letting a
-    caller reuse the pieces of hosts encoded before (see builder.py). The
-    fields are the only two the message sets, in field order, as
-    protobuf's own deterministic serialisation writes them.
+    `virtual_host_pieces`: each host's `virtual_host_piece`, in order, from
+    a caller that keeps the pieces of hosts encoded before (see
+    builder.py). The fields are the only two the message sets, in field
+    order, as protobuf's own deterministic serialisation writes them.
     """
-    piece = virtual_host if virtual_host is not None else virtual_host_piece
-    name = (length_delimited(_NAME_FIELD, route_config.name.encode()),) if route_config.name else ()
-    return Encoded(
-        route_pb2.RouteConfiguration,
-        b"".join([*name, *(piece(vhost) for vhost in route_config.virtual_hosts)]),
-    )
+    pieces = virtual_host_pieces
+    if pieces is None:
+        pieces = [virtual_host_piece(vhost) for vhost in route_config.virtual_hosts]
+    name = length_delimited(_NAME_FIELD, route_config.name.encode()) if route_config.name else b""
+    return Encoded(route_pb2.RouteConfiguration, b"".join([name, *pieces]))
 
 
 def virtual_host_piece(vhost: ir.VirtualHost) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from xds_ingress import ir
 from xds_ingress.sources.objects import KubeObject
 
@@ -46,6 +48,13 @@ class Findings:
         """Add `condition`, an Accepted=True made earlier, unless its object was partly rejected."""
         if condition.object not in self._rejected:
             self._conditions[condition] = None
+
+    def accept_conditions(self, conditions: Iterable[ir.Condition]) -> None:
+        """accept_condition for each of `conditions` (one per Ingress, at every translation)."""
+        rejected = self._rejected
+        if rejected:
+            conditions = [each for each in conditions if each.object not in rejected]
+        self._conditions.update(dict.fromkeys(conditions))
 
     def resolved(self, obj: KubeObject, *, message: str) -> None:
         """Mark `obj` ResolvedRefs True, unless some reference in it did not resolve."""

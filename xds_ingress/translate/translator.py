@@ -116,8 +116,7 @@ def _translate(
         cache=cache,
     )
     cache.rotate()
-    for reading in readings:
-        findings.accept_condition(reading.accepted)
+    findings.accept_conditions([reading.accepted for reading in readings])
     gateways.finish()
     config = ir.Config(
         listeners=(
