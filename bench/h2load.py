@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xds_ingress.resources.encoded import varint
+
 
 @dataclass(frozen=True, slots=True)
 class H2loadResult:
@@ -44,28 +46,16 @@ def binary() -> str:
     return found
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def unary_request_frame(size: int, *, response_size: int | None = None) -> bytes:
     """A gRPC frame of grpc.testing.SimpleRequest{response_size, payload.body of `size` bytes}.
 
     The reply carries `response_size` bytes (default: `size`). Encoded by
     hand (two fields) so no generated code is needed for one message.
     """
-    payload = b"\x12" + _varint(size) + bytes(size)  # Payload.body = 2
+    payload = b"\x12" + varint(size) + bytes(size)  # Payload.body = 2
     reply = size if response_size is None else response_size
-    message = b"\x10" + _varint(reply)  # SimpleRequest.response_size = 2
-    message += b"\x1a" + _varint(len(payload)) + payload  # SimpleRequest.payload = 3
+    message = b"\x10" + varint(reply)  # SimpleRequest.response_size = 2
+    message += b"\x1a" + varint(len(payload)) + payload  # SimpleRequest.payload = 3
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 

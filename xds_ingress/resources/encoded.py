@@ -50,7 +50,8 @@ def message_of(value: Message | Encoded[Message]) -> Message:
     return value.message() if isinstance(value, Encoded) else value
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Encode `value` as a protobuf base-128 varint."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -64,4 +65,4 @@ def _varint(value: int) -> bytes:
 
 def length_delimited(field_number: int, payload: bytes) -> bytes:
     """Encode one length-delimited protobuf field (wire type 2)."""
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
