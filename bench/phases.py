@@ -27,6 +27,7 @@ from typing import Any
 from xds_ingress.cache import build_snapshot
 from xds_ingress.resources import types
 from xds_ingress.resources.builder import ResourceBuilder, Resources
+from xds_ingress.resources.encoded import message_of
 from xds_ingress.resources.static import render_static_bootstrap
 from xds_ingress.sources.file import FileSource
 from xds_ingress.store import Store
@@ -105,7 +106,7 @@ def measure(
         # The content hash: equal for equal configurations, across code changes.
         "snapshot_version": version,
         "counts": {key: len(resources.get(url, {})) for key, url in COUNTED_TYPES.items()},
-        "virtual_hosts": _virtual_hosts(resources),
+        "virtual_hosts": virtual_host_count(resources),
         "type_counts": {url: len(by_name) for url, by_name in resources.items()},
         # ru_maxrss is in KiB on Linux.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -121,11 +122,11 @@ def _cpu_seconds() -> float:
     return total
 
 
-def _virtual_hosts(resources: Resources) -> int:
-    total = 0
-    for message in resources.get(types.ROUTE, {}).values():
-        total += len(getattr(message, "virtual_hosts", ()))
-    return total
+def virtual_host_count(resources: Resources) -> int:
+    return sum(
+        len(message_of(route_config).virtual_hosts)
+        for route_config in resources.get(types.ROUTE, {}).values()
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
