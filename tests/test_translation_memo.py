@@ -330,6 +330,33 @@ def test_an_ingress_change_visits_only_its_hosts_and_a_service_change_every_host
     assert sorted(visited) == ["a.example.com", "b2.example.com", "c.example.com"]
 
 
+def test_a_translation_that_failed_leaves_the_next_one_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Ingress first read by a translation that then failed is still served."""
+    store = _store_with(["a", "b"])
+    memo = TranslationMemo()
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    translate(store.view(), settings=SETTINGS, memo=memo)
+    store.apply(parse_object(routed_ingress("b", host="new.example.com")), origin="test")
+
+    def failing(*args: Any, **kwargs: Any) -> BackendResolver:
+        raise RuntimeError("a translator bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(translator, "BackendResolver", failing)
+        with pytest.raises(RuntimeError):
+            translate(store.view(), settings=SETTINGS, memo=memo)
+    store.apply(parse_object(routed_ingress("a", host="other.example.com")), origin="test")
+    view = store.view()
+    kept = translate(view, settings=SETTINGS, memo=memo)
+    assert kept.config == translate(view, settings=SETTINGS).config
+    assert [vhost.name for vhost in kept.config.route_configs[0].virtual_hosts] == [
+        "new.example.com",
+        "other.example.com",
+    ]
+
+
 def test_hosts_kept_whole_still_reuse_their_routes_once_a_service_changes() -> None:
     """A host reused whole leaves its routes out of the route memo for a while;
     worked out again (a slice changed), it must still find them by identity."""

@@ -359,6 +359,10 @@ class HostMemo:
             self._order.insert(index, key)
             self._virtual_hosts.insert(index, virtual_host)
 
+    def invalidate(self) -> None:
+        """A translation failed: what is kept may not be what the last one left."""
+        self._complete = False
+
     def finish(self) -> None:
         """The translation kept every host's part: the next may visit only what changes."""
         if self._visiting_all:

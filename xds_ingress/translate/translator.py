@@ -71,6 +71,11 @@ def translate(
             return _translate(
                 view, settings=settings, now=now, certificates=certificates, memo=memo
             )
+        except BaseException:
+            # The Ingress memo moves on regardless (rotate): the hosts kept
+            # must be regrouped from scratch next time, not from its changes.
+            memo.hosts.invalidate()
+            raise
         finally:
             memo.rotate()
 
