@@ -38,8 +38,9 @@ Resources = dict[str, dict[str, Message | Encoded[Message]]]
 _BuiltBackend = tuple[ir.Backend, Message, Message]
 # A virtual host, its piece of the route configuration, its routed gRPC methods.
 _BuiltHost = tuple[ir.VirtualHost, bytes, frozenset[GrpcMethod]]
-# A route configuration, and the routed gRPC methods of all its hosts.
-_BuiltRoutes = tuple[Encoded[Message], frozenset[GrpcMethod]]
+# A route configuration as built: the IR, its bytes, the routed gRPC methods
+# of all its hosts, and its hosts by name (so a changed one is a join).
+_BuiltRoutes = tuple[ir.RouteConfig, Encoded[Message], frozenset[GrpcMethod], dict[str, _BuiltHost]]
 
 
 class DuplicateNameError(ValueError):
@@ -60,8 +61,7 @@ class ResourceBuilder:
         # By name, the route config each last build made, and what from: a
         # route config changes with any of its hosts, so hashing one (every
         # host) to find it in a memo cost more than comparing it with the last.
-        self._route_configs: dict[str, tuple[ir.RouteConfig, _BuiltRoutes]] = {}
-        # Keeping the hosts' pieces too makes a changed route config a join.
+        self._route_configs: dict[str, _BuiltRoutes] = {}
         self._virtual_hosts: Memo[ir.VirtualHost, bytes] = Memo()
         self._virtual_host_methods: Memo[ir.VirtualHost, frozenset[GrpcMethod]] = Memo()
         # Keyed by the backend with its endpoints left out: EndpointSlice churn
@@ -69,8 +69,6 @@ class ResourceBuilder:
         self._clusters: Memo[ir.Backend, Message] = Memo(key=_without_endpoints)
         # By name, what the last build made of each Backend (see _add_backends).
         self._backends_built: dict[str, _BuiltBackend] = {}
-        # By route config and host name, the hosts its last build made.
-        self._hosts_built: dict[str, dict[str, _BuiltHost]] = {}
         self._load_assignments: Memo[ir.Backend, Message] = Memo()
         # The grpc_stats config of every route config's gRPC methods: a route
         # change that names no new method rebuilds nothing.
@@ -109,21 +107,17 @@ class ResourceBuilder:
             message = self._ca_secrets.get(bundle, build_ca_secret)
             _add(resources, types.SECRET, bundle.name, message)
         methods: set[GrpcMethod] = set()
-        route_configs: dict[str, tuple[ir.RouteConfig, _BuiltRoutes]] = {}
+        route_configs: dict[str, _BuiltRoutes] = {}
         for route_config in config.route_configs:
-            before = self._route_configs.get(route_config.name)
+            built = self._route_configs.get(route_config.name)
             # Equal tuples of hosts compare by identity first: an unchanged
             # route config is found without looking into its hosts.
-            if before is None or before[0] != route_config:
-                before = (route_config, self._build_route_configuration(route_config))
-            route_configs[route_config.name] = before
-            encoded, routed = before[1]
-            _add(resources, types.ROUTE, route_config.name, encoded)
-            methods |= routed
+            if built is None or built[0] != route_config:
+                built = self._build_route_configuration(route_config, built)
+            route_configs[route_config.name] = built
+            _add(resources, types.ROUTE, route_config.name, built[1])
+            methods |= built[2]
         self._route_configs = route_configs
-        # An unchanged route config keeps its hosts (see _build_route_configuration).
-        for gone in self._hosts_built.keys() - route_configs.keys():
-            del self._hosts_built[gone]
         if _has_connection_manager(config):
             message = self._grpc_stats.get(frozenset(methods), build_grpc_stats_extension)
             _add(resources, types.EXTENSION_CONFIG, GRPC_STATS, message)
@@ -167,7 +161,9 @@ class ResourceBuilder:
             cluster = self._clusters.get(backend, build_cluster)
         return backend, cluster, self._load_assignments.get(backend, build_load_assignment)
 
-    def _build_route_configuration(self, route_config: ir.RouteConfig) -> _BuiltRoutes:
+    def _build_route_configuration(
+        self, route_config: ir.RouteConfig, before: _BuiltRoutes | None
+    ) -> _BuiltRoutes:
         """A route config joined from its hosts' pieces, encoding only the changed hosts.
 
         Its hosts' pieces are kept by name (and the IR they came from) for
@@ -175,12 +171,12 @@ class ResourceBuilder:
         others are found with a dictionary lookup and an identity check,
         not a memo lookup each (at 3000 hosts, a tenth of a rebuild).
         """
-        before = self._hosts_built.get(route_config.name, {})
+        hosts_before = before[3] if before is not None else {}
         now: dict[str, _BuiltHost] = {}
         pieces: list[bytes] = []
         methods: list[frozenset[GrpcMethod]] = []
         for vhost in route_config.virtual_hosts:
-            built = before.get(vhost.name)
+            built = hosts_before.get(vhost.name)
             if built is None or built[0] is not vhost:
                 built = (
                     vhost,
@@ -191,9 +187,8 @@ class ResourceBuilder:
             pieces.append(built[1])
             if built[2]:
                 methods.append(built[2])
-        self._hosts_built[route_config.name] = now
         encoded = encode_route_configuration(route_config, virtual_host_pieces=pieces)
-        return encoded, frozenset[GrpcMethod]().union(*methods)
+        return route_config, encoded, frozenset[GrpcMethod]().union(*methods), now
 
 
 # Every Backend field but its endpoints, as one tuple (in C).

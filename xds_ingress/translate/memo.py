@@ -296,7 +296,7 @@ class HostMemo:
                 listed = by_host.setdefault(host, [])
                 listed.append(reading)
                 if len(listed) > 1:
-                    listed.sort(key=_ingress_key)
+                    listed.sort(key=ingress_key)
                 changed.add(host)
         return changed
 
@@ -391,8 +391,8 @@ def _hosts_named(reading: IngressReading) -> Iterable[str]:
     return dict.fromkeys(candidate.host for candidate in reading.candidates)
 
 
-def _ingress_key(reading: IngressReading) -> ObjectKey:
-    # Only a reading with candidates names a host; they all come from its Ingress.
+def ingress_key(reading: IngressReading) -> ObjectKey:
+    """The key of the Ingress a reading with candidates comes from (all of them do)."""
     return reading.candidates[0].origin.key
 
 

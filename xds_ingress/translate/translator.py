@@ -33,6 +33,7 @@ from xds_ingress.translate.memo import (
     RouteInputs,
     TranslationMemo,
     VirtualHostInputs,
+    ingress_key,
 )
 from xds_ingress.translate.precedence import host_order, resolve_conflicts, route_order
 from xds_ingress.translate.rules import Candidate, ingress_candidates
@@ -271,12 +272,7 @@ def _all_hosts(
 
 
 def _options(readings: Iterable[IngressReading]) -> dict[ObjectKey, IngressOptions]:
-    # Every candidate of a reading comes from its one Ingress.
-    return {
-        reading.candidates[0].origin.key: reading.options
-        for reading in readings
-        if reading.candidates
-    }
+    return {ingress_key(reading): reading.options for reading in readings if reading.candidates}
 
 
 def _host_part(
