@@ -12,6 +12,7 @@ request rate from `--rps` (per connection). Every run is bounded in time
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -37,6 +38,8 @@ class H2loadResult:
     # From the per-request log (NaN without one): successful requests only.
     p50_ms: float = math.nan
     p99_ms: float = math.nan
+    # Requests started together (see started_together), NaN without a log.
+    started_together: float = math.nan
 
 
 def binary() -> str:
@@ -52,10 +55,31 @@ def unary_request_frame(size: int, *, response_size: int | None = None) -> bytes
     The reply carries `response_size` bytes (default: `size`). Encoded by
     hand (two fields) so no generated code is needed for one message.
     """
-    payload = b"\x12" + varint(size) + bytes(size)  # Payload.body = 2
     reply = size if response_size is None else response_size
     message = b"\x10" + varint(reply)  # SimpleRequest.response_size = 2
-    message += b"\x1a" + varint(len(payload)) + payload  # SimpleRequest.payload = 3
+    return _frame(message + _payload_field(size))
+
+
+def streaming_request_frame(size: int, messages: int) -> bytes:
+    """A gRPC frame of grpc.testing.StreamingOutputCallRequest asking for `messages` replies.
+
+    Each reply carries `size` bytes (ResponseParameters.size), as the
+    request does (payload.body): what ghz.streaming_payload asks for.
+    """
+    parameters = b"\x08" + varint(size)  # ResponseParameters.size = 1
+    # StreamingOutputCallRequest.response_parameters = 2, once per reply.
+    message = (b"\x12" + varint(len(parameters)) + parameters) * messages
+    return _frame(message + _payload_field(size))
+
+
+def _payload_field(size: int) -> bytes:
+    """Field 3 of both requests: a Payload whose body (field 2) is `size` zero bytes."""
+    payload = b"\x12" + varint(size) + bytes(size)
+    return b"\x1a" + varint(len(payload)) + payload
+
+
+def _frame(message: bytes) -> bytes:
+    """gRPC's length-prefixed message: not compressed, 4-byte big-endian length."""
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
@@ -123,8 +147,10 @@ def run(
     result = parse(completed.stdout)
     if log_path is None:
         return result
-    p50, p99 = latency_percentiles(log_path.read_text(), warmup_seconds=warmup_seconds)
-    return dataclasses.replace(result, p50_ms=p50, p99_ms=p99)
+    log = log_path.read_text()
+    p50, p99 = latency_percentiles(log, warmup_seconds=warmup_seconds)
+    together = started_together(log, warmup_seconds=warmup_seconds)
+    return dataclasses.replace(result, p50_ms=p50, p99_ms=p99, started_together=together)
 
 
 def latency_percentiles(log: str, *, warmup_seconds: float = 0.0) -> tuple[float, float]:
@@ -146,6 +172,39 @@ def latency_percentiles(log: str, *, warmup_seconds: float = 0.0) -> tuple[float
     if not durations:
         return math.nan, math.nan
     return _nearest_rank(durations, 0.50), _nearest_rank(durations, 0.99)
+
+
+# Starts closer than this belong to one burst: a call through a proxy here
+# takes 30-60 µs of its CPU, so the later calls of a burst wait in its queue.
+TOGETHER_US = 100
+
+
+def started_together(log: str, *, warmup_seconds: float = 0.0) -> float:
+    """How many requests of an h2load `--log-file` start together, on average per request.
+
+    A burst is a run of starts each less than TOGETHER_US after the one
+    before; the result is the mean burst size a request finds itself in
+    (1.0: every request alone, as a paced load sends them). h2load's
+    `--rps` releases requests on a coarse timer, so a fixed rate arrives as
+    bursts: that is the load its 25% latencies are measured under.
+    """
+    starts = sorted(int(line.split("\t", 1)[0]) for line in log.splitlines() if line.strip())
+    if not starts:
+        return math.nan
+    cutoff = starts[0] + warmup_seconds * 1e6
+    kept = [start for start in starts if start >= cutoff]
+    if not kept:
+        return math.nan
+    sizes: list[int] = []
+    size = 1
+    for before, after in itertools.pairwise(kept):
+        if after - before < TOGETHER_US:
+            size += 1
+        else:
+            sizes.append(size)
+            size = 1
+    sizes.append(size)
+    return sum(size * size for size in sizes) / len(kept)
 
 
 def _nearest_rank(ordered: Sequence[float], fraction: float) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -95,12 +95,18 @@ class TargetResult:
     value: float | None
     threshold: float
     unit: str
-    # None: not measured in this run (too small a size, scenario skipped).
+    # None: not measured in this run (too small a size, scenario skipped),
+    # or not judged.
     met: bool | None
     note: str = ""
+    # False: measured, but under conditions the target does not describe
+    # (the note says which); shown, never counted as met or missed.
+    judged: bool = True
 
     @property
     def verdict(self) -> str:
+        if not self.judged:
+            return "not judged"
         if self.met is None:
             return "not measured"
         return "met" if self.met else "NOT met"
@@ -114,6 +120,7 @@ class TargetResult:
             "unit": self.unit,
             "met": self.met,
             "verdict": self.verdict,
+            "judged": self.judged,
             "note": self.note,
         }
 
@@ -130,6 +137,11 @@ def at_most(
         met=None if value is None else value <= threshold,
         note=note,
     )
+
+
+def not_judged(target: TargetResult, *, why: str) -> TargetResult:
+    """`target` as measured, with its verdict withheld for the reason `why`."""
+    return replace(target, met=None, judged=False, note=why)
 
 
 def at_least(

@@ -3,9 +3,13 @@ publish wrong figures, so the parsers are checked on real output shapes."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
+from types import ModuleType
 
 import pytest
+from grpc_tools import protoc
 
 from bench import h2load
 
@@ -73,10 +77,61 @@ def test_log_without_successes_gives_nan() -> None:
     assert all(math.isnan(v) for v in h2load.latency_percentiles(""))
 
 
-def test_request_frame_is_one_length_prefixed_message() -> None:
-    frame = h2load.unary_request_frame(128)
+def test_calls_started_together_counts_bursts_not_a_steady_rate() -> None:
+    start = 1_700_000_000_000_000
+    # Paced: one call every 250 µs (4000/s), each alone.
+    paced = [f"{start + 600_000 + 250 * i}\t200\t300" for i in range(40)]
+    assert h2load.started_together("\n".join(paced)) == 1.0
+    # h2load's --rps: 8 calls 5 µs apart every 8 ms, and a warm-up burst of
+    # 32 left out.
+    warmup = [f"{start + 5 * i}\t200\t300" for i in range(32)]
+    bursts = [
+        f"{start + 600_000 + 8000 * burst + 5 * i}\t200\t300"
+        for burst in range(5)
+        for i in range(8)
+    ]
+    log = "\n".join(warmup + bursts) + "\n"
+    assert h2load.started_together(log, warmup_seconds=0.5) == 8.0
+    # A lone call beside a burst of 3: per call, (1 + 3 * 3) / 4.
+    mixed = [f"{start}\t200\t1", f"{start + 1000}\t200\t1"]
+    mixed += [f"{start + 1050}\t200\t1", f"{start + 1099}\t200\t1"]
+    assert h2load.started_together("\n".join(mixed)) == 2.5
+    assert math.isnan(h2load.started_together(""))
+
+
+def _test_service_messages(folder: Path) -> ModuleType:
+    """bench/protos/test_service.proto compiled here: the schema ghz and the interop server use."""
+    protos = Path(__file__).resolve().parent.parent / "bench" / "protos"
+    status = protoc.main(
+        ["protoc", f"-I{protos}", f"--python_out={folder}", str(protos / "test_service.proto")]
+    )
+    assert status == 0
+    spec = importlib.util.spec_from_file_location(
+        "test_service_pb2", folder / "test_service_pb2.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _message_of(frame: bytes) -> bytes:
     assert frame[0] == 0  # not compressed
     assert int.from_bytes(frame[1:5], "big") == len(frame) - 5
-    # SimpleRequest.response_size = 128, then the payload field (3).
-    assert frame[5:8] == b"\x10\x80\x01"
-    assert frame[8] == 0x1A
+    return frame[5:]
+
+
+def test_request_frames_parse_as_the_interop_schema_says(tmp_path: Path) -> None:
+    messages = _test_service_messages(tmp_path)
+
+    unary = messages.SimpleRequest.FromString(_message_of(h2load.unary_request_frame(128)))
+    assert unary.response_size == 128
+    assert unary.payload.body == bytes(128)
+    bulk = h2load.unary_request_frame(16, response_size=65536)
+    assert messages.SimpleRequest.FromString(_message_of(bulk)).response_size == 65536
+
+    streaming = messages.StreamingOutputCallRequest.FromString(
+        _message_of(h2load.streaming_request_frame(128, 10))
+    )
+    assert [parameters.size for parameters in streaming.response_parameters] == [128] * 10
+    assert streaming.payload.body == bytes(128)

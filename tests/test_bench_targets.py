@@ -1,0 +1,42 @@
+"""The data-plane targets a run is judged on: a verdict the load did not earn
+would publish a wrong claim, either way."""
+
+from __future__ import annotations
+
+from bench import data_plane
+from bench.report import targets_lines
+from bench.results import CaseResult, ScenarioResult, collect
+
+
+def _case(case: data_plane.UnaryCase, **medians: float) -> CaseResult:
+    samples = [dict(medians)] * 5
+    return CaseResult(
+        label=case.label,
+        params=case.params,
+        metrics=collect(samples, data_plane.METRICS),
+    )
+
+
+def test_added_latency_is_judged_under_paced_load_only() -> None:
+    slow = {"xds_vs_static": 0.9, "xds_vs_nginx": 0.8, "xds_added_p99_25_ms": 2.5}
+    ghz_case = _case(data_plane.UnaryCase(payload_bytes=128, seconds=1), **slow)
+    h2load_case = _case(
+        data_plane.H2loadCase(payload_bytes=128, seconds=1), **slow, xds_together_25=8.0
+    )
+
+    targets = data_plane.DataPlane().targets([ghz_case, h2load_case])
+
+    verdicts = {target.name: target.verdict for target in targets}
+    assert verdicts["added p99 at 25% load"] == "NOT met"
+    # h2load's --rps sends bursts: its latency is shown, not judged...
+    latency = next(t for t in targets if t.name == "added p99 at 25% load (unary 128 B (h2load))")
+    assert latency.verdict == "not judged"
+    assert latency.value == 2.5
+    assert "8.0 started together" in latency.note
+    # ...while its throughput is.
+    assert verdicts["throughput vs hand-tuned Envoy (unary 128 B (h2load))"] == "NOT met"
+
+    scenario = ScenarioResult(name="data-plane", title="", cases=[ghz_case, h2load_case])
+    scenario.targets = targets
+    lines = targets_lines(scenario)
+    assert any(line.startswith("- **not judged**: added p99") for line in lines), lines
