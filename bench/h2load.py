@@ -156,22 +156,36 @@ def run(
 def latency_percentiles(log: str, *, warmup_seconds: float = 0.0) -> tuple[float, float]:
     """p50 and p99 in ms (nearest rank) of the 2xx requests in an h2load `--log-file`.
 
-    Its lines are tab-separated: start time (µs since the epoch), HTTP
-    status (-1 for a request that failed), µs until the end of the
-    response. Requests started within `warmup_seconds` of the first are
-    left out, as ghz's --skipFirst does. (NaN, NaN) when none is left.
+    (NaN, NaN) when none is left after the warm-up (see _log_rows).
     """
-    rows = [line.split("\t") for line in log.splitlines() if line.strip()]
-    if not rows:
-        return math.nan, math.nan
-    first_start = min(int(row[0]) for row in rows)
-    cutoff = first_start + warmup_seconds * 1e6
     durations = sorted(
-        int(row[2]) / 1e3 for row in rows if 200 <= int(row[1]) < 300 and int(row[0]) >= cutoff
+        duration / 1e3
+        for _, status, duration in _log_rows(log, warmup_seconds)
+        if 200 <= status < 300
     )
     if not durations:
         return math.nan, math.nan
     return _nearest_rank(durations, 0.50), _nearest_rank(durations, 0.99)
+
+
+def _log_rows(log: str, warmup_seconds: float) -> list[tuple[int, int, int]]:
+    """(start, status, duration) of the requests of an h2load `--log-file` after its warm-up.
+
+    Its lines are tab-separated: start time (µs since the epoch), HTTP
+    status (-1 for a request that failed), µs until the end of the
+    response. Requests started within `warmup_seconds` of the first are
+    left out, as ghz's --skipFirst does.
+    """
+    rows = [
+        (int(start), int(status), int(duration))
+        for start, status, duration in (
+            line.split("\t") for line in log.splitlines() if line.strip()
+        )
+    ]
+    if not rows:
+        return []
+    cutoff = min(row[0] for row in rows) + warmup_seconds * 1e6
+    return [row for row in rows if row[0] >= cutoff]
 
 
 # Starts closer than this belong to one burst: a call through a proxy here
@@ -188,11 +202,7 @@ def started_together(log: str, *, warmup_seconds: float = 0.0) -> float:
     `--rps` releases requests on a coarse timer, so a fixed rate arrives as
     bursts: that is the load its 25% latencies are measured under.
     """
-    starts = sorted(int(line.split("\t", 1)[0]) for line in log.splitlines() if line.strip())
-    if not starts:
-        return math.nan
-    cutoff = starts[0] + warmup_seconds * 1e6
-    kept = [start for start in starts if start >= cutoff]
+    kept = sorted(start for start, _, _ in _log_rows(log, warmup_seconds))
     if not kept:
         return math.nan
     sizes: list[int] = []

@@ -115,7 +115,7 @@ def _test_service_messages(folder: Path) -> ModuleType:
     return module
 
 
-def _message_of(frame: bytes) -> bytes:
+def _grpc_message(frame: bytes) -> bytes:
     assert frame[0] == 0  # not compressed
     assert int.from_bytes(frame[1:5], "big") == len(frame) - 5
     return frame[5:]
@@ -124,14 +124,14 @@ def _message_of(frame: bytes) -> bytes:
 def test_request_frames_parse_as_the_interop_schema_says(tmp_path: Path) -> None:
     messages = _test_service_messages(tmp_path)
 
-    unary = messages.SimpleRequest.FromString(_message_of(h2load.unary_request_frame(128)))
+    unary = messages.SimpleRequest.FromString(_grpc_message(h2load.unary_request_frame(128)))
     assert unary.response_size == 128
     assert unary.payload.body == bytes(128)
     bulk = h2load.unary_request_frame(16, response_size=65536)
-    assert messages.SimpleRequest.FromString(_message_of(bulk)).response_size == 65536
+    assert messages.SimpleRequest.FromString(_grpc_message(bulk)).response_size == 65536
 
     streaming = messages.StreamingOutputCallRequest.FromString(
-        _message_of(h2load.streaming_request_frame(128, 10))
+        _grpc_message(h2load.streaming_request_frame(128, 10))
     )
     assert [parameters.size for parameters in streaming.response_parameters] == [128] * 10
     assert streaming.payload.body == bytes(128)
