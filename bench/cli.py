@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, plots, report
+from bench.ablation import DataPlaneAblation
 from bench.coalescing import Coalescing
 from bench.cold_start import ColdStart
 from bench.data_plane import DataPlane
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Scenario] = {
     for scenario in (
         ColdStart(),
         DataPlane(),
+        DataPlaneAblation(),
         RoutePropagation(),
         EndpointChange(),
         FanOut(),

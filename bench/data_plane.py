@@ -15,7 +15,12 @@ arrangement.
 Each run measures every target's maximum rate (ghz unthrottled), then
 every target (the backend directly included) at 25% of the xds-ingress
 maximum of that run; latency "added" is the target's minus the backend's at
-the same load. Targets go in a rotating order from run to run.
+the same load. Targets go in a rotating order from run to run. The 25% load
+is taken in QUARTER_ROUNDS short rounds, every target once per round, and
+each target's p50 and p99 are taken over the calls of all its rounds
+(ghz's per-call latencies, nearest rank): the backend's latency and a
+proxy's are then sampled over the same stretch of time, not a minute
+apart on a machine whose speed moves by the minute.
 """
 
 from __future__ import annotations
@@ -41,7 +46,15 @@ from bench.procs import (
     spawn_interop_server,
     wait_until_accepting,
 )
-from bench.results import CaseResult, MetricSpec, TargetResult, at_least, at_most, not_judged
+from bench.results import (
+    CaseResult,
+    MetricSpec,
+    TargetResult,
+    at_least,
+    at_most,
+    not_judged,
+    percentile,
+)
 
 NAME: Final = "data-plane"
 # Replies per server-streaming call in the streaming case.
@@ -52,6 +65,8 @@ HOST: Final = "grpc.bench.local"
 LOAD_CPU: Final = (0,)
 SERVER_CPU: Final = (1,)
 PROXIES: Final = ("static", "xds", "nginx")
+# The 25% load runs in this many rounds, each target in turn in each round.
+QUARTER_ROUNDS: Final = 4
 TARGETS: Final = ("direct", *PROXIES)
 NAMES: Final = {
     "direct": "backend directly",
@@ -281,19 +296,27 @@ class UnaryCase:
                 sample[f"{name}_cpu_us_per_call"] = cpu / result.ok * 1e6
         rate = max(1, round(sample["xds_rps"] * 0.25))
         sample["rate_25_rps"] = rate
+        seconds = self.seconds / QUARTER_ROUNDS
         quarter = ghz.Load(
-            seconds=self.seconds,
-            max_calls=int(rate * self.seconds) + 1000,
+            seconds=seconds,
+            max_calls=int(rate * seconds) + 1000,
             concurrency=self.concurrency,
             connections=self.connections,
             rps=rate,
             skip_first=100,
         )
-        for name in order:
-            result = self._call(self._targets[name], quarter)
-            sample[f"{name}_p50_25_ms"] = result.p50_ms
-            sample[f"{name}_p99_25_ms"] = result.p99_ms
-            errors[name] += result.errors
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+        for round_index in range(QUARTER_ROUNDS):
+            shift = round_index % len(order)
+            for name in order[shift:] + order[:shift]:
+                result = self._call(self._targets[name], quarter)
+                if result.ok and not result.latencies_ms:
+                    raise RuntimeError("ghz reported no per-call latencies (no details)")
+                latencies[name] += result.latencies_ms
+                errors[name] += result.errors
+        for measured, pooled in latencies.items():
+            sample[f"{measured}_p50_25_ms"] = percentile(pooled, 50)
+            sample[f"{measured}_p99_25_ms"] = percentile(pooled, 99)
         for name, count in errors.items():
             sample[f"{name}_errors"] = count
         _add_comparisons(sample, names)

@@ -46,6 +46,9 @@ class GhzResult:
     p50_ms: float
     p99_ms: float
     error_kinds: tuple[str, ...]
+    # Every OK call's latency in ms, in the order ghz reported them (its
+    # per-call details, after --skipFirst): for percentiles over several runs.
+    latencies_ms: tuple[float, ...] = ()
 
 
 def unary_payload(size: int) -> str:
@@ -144,5 +147,10 @@ def parse(report: Mapping[str, Any]) -> GhzResult:
         p99_ms=latencies.get(99, float("nan")),
         error_kinds=tuple(
             sorted(text for text in errors_by_text if not any(m in text for m in _CUT_MARKERS))
+        ),
+        latencies_ms=tuple(
+            float(detail["latency"]) / 1e6
+            for detail in report.get("details") or []
+            if detail.get("status") == "OK"
         ),
     )

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 from grpc_tools import protoc
 
-from bench import h2load
+from bench import ghz, h2load
 
 # h2load 1.52's report for 4 connections (nghttp2-client, Debian bookworm).
 REPORT = """\
@@ -135,3 +135,36 @@ def test_request_frames_parse_as_the_interop_schema_says(tmp_path: Path) -> None
     )
     assert [parameters.size for parameters in streaming.response_parameters] == [128] * 10
     assert streaming.payload.body == bytes(128)
+
+
+# ghz 0.93's JSON report (-O json), trimmed: three calls, one cut at the end
+# of a time-bounded run and one failed.
+GHZ_REPORT = {
+    "count": 5,
+    "total": 2_495_462,
+    "errorDistribution": {
+        "rpc error: code = Unavailable desc = transport is closing": 1,
+        "rpc error: code = Internal desc = boom": 1,
+    },
+    "statusCodeDistribution": {"OK": 3, "Unavailable": 1, "Internal": 1},
+    "latencyDistribution": [
+        {"percentage": 50, "latency": 225_944},
+        {"percentage": 99, "latency": 1_717_542},
+    ],
+    "details": [
+        {"timestamp": "2026-12-07T19:11:32.2249Z", "latency": 1_717_542, "status": "OK"},
+        {"timestamp": "2026-12-07T19:11:32.2252Z", "latency": 215_288, "status": "OK"},
+        {"timestamp": "2026-12-07T19:11:32.2255Z", "latency": 9_000_000, "status": "Internal"},
+        {"timestamp": "2026-12-07T19:11:32.2258Z", "latency": 225_944, "status": "OK"},
+        {"timestamp": "2026-12-07T19:11:32.2261Z", "latency": 8_000_000, "status": "Unavailable"},
+    ],
+}
+
+
+def test_ghz_report_keeps_every_ok_call_latency_for_pooled_percentiles() -> None:
+    result = ghz.parse(GHZ_REPORT)
+    assert (result.ok, result.errors, result.cut) == (3, 1, 1)
+    assert result.p50_ms == pytest.approx(0.225944)
+    assert result.p99_ms == pytest.approx(1.717542)
+    # The failed and cut calls' times are not latencies of answered calls.
+    assert result.latencies_ms == pytest.approx((1.717542, 0.215288, 0.225944))

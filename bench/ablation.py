@@ -1,0 +1,443 @@
+"""Data-plane ablation: what each part of the config xds-ingress renders costs Envoy per call.
+
+    python -m bench --scenario data-plane-ablation --runs 5
+
+The data-plane scenario finds xds-ingress's Envoy below the hand-tuned one;
+this scenario says where the difference goes, so that the claim is
+reproducible. The data-plane scenario's objects (one Service, its slice,
+one Ingress) are built by the product's own code and rendered as a static
+bootstrap (`render_static_bootstrap`: what xDS would have sent). Each
+variant is that bootstrap with one part taken out (`VARIANTS`); `all` takes
+every one of them out, and the hand-tuned config (`peer_configs`) stands
+beside them. Every config runs in its own Envoy (the same binary,
+`--concurrency 1`, on the servers' CPU, beside the grpc-go interop server);
+each run drives each one at its maximum rate with ghz from the other CPU,
+in an order that rotates from run to run, and takes that Envoy's CPU time
+per call (schedstat). A part's cost is the rendered config's CPU per call
+minus its variant's, within the same run.
+
+Issue 7 sets no target here: it asks to say what limits the data plane.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from bench import data_plane, envoy, ghz, peer_configs, phases
+from bench.procs import (
+    LOOPBACK,
+    Child,
+    free_port,
+    spawn_interop_server,
+    wait_until_accepting,
+)
+from bench.results import CaseResult, MetricSpec, TargetResult
+from xds_ingress.resources.builder import ResourceBuilder
+from xds_ingress.resources.static import render_static_bootstrap
+from xds_ingress.sources.file import FileSource
+from xds_ingress.store import Store
+from xds_ingress.translate import translate
+
+NAME: Final = "data-plane-ablation"
+RENDERED: Final = "rendered"
+ALL_REMOVED: Final = "all"
+TUNED: Final = "tuned"
+
+Bootstrap = dict[str, Any]
+
+_HCM_TYPE: Final = "envoy.extensions.filters.network.http_connection_manager.v3"
+_GRPC_STATS_TYPE: Final = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+_GRPC_WEB_TYPE: Final = "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
+_UPSTREAM_HTTP: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+class NotRendered(LookupError):
+    """A variant's part is not in the rendered config: the product changed, so must VARIANTS."""
+
+
+def _connection_managers(bootstrap: Bootstrap) -> Iterator[dict[str, Any]]:
+    for listener in bootstrap["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                typed_config = network_filter.get("typed_config", {})
+                if typed_config.get("@type", "").startswith(f"type.googleapis.com/{_HCM_TYPE}."):
+                    yield typed_config
+
+
+def _virtual_hosts(bootstrap: Bootstrap) -> Iterator[dict[str, Any]]:
+    for manager in _connection_managers(bootstrap):
+        yield from manager["route_config"]["virtual_hosts"]
+
+
+def _routes(bootstrap: Bootstrap) -> Iterator[dict[str, Any]]:
+    for virtual_host in _virtual_hosts(bootstrap):
+        yield from virtual_host["routes"]
+
+
+def _clusters(bootstrap: Bootstrap) -> list[dict[str, Any]]:
+    clusters: list[dict[str, Any]] = bootstrap["static_resources"]["clusters"]
+    return clusters
+
+
+def _pop_from_each(items: Iterator[dict[str, Any]], key: str, *, what: str) -> None:
+    """Remove `key` from every item; at least one must have had it."""
+    found = [item.pop(key) for item in items if key in item]
+    if not found:
+        raise NotRendered(f"no {what} ({key}) in the rendered config")
+
+
+def _without_http_filter(type_name: str) -> Callable[[Bootstrap], None]:
+    def remove(bootstrap: Bootstrap) -> None:
+        removed = 0
+        for manager in _connection_managers(bootstrap):
+            kept = [
+                http_filter
+                for http_filter in manager["http_filters"]
+                if not http_filter.get("typed_config", {}).get("@type", "").endswith(type_name)
+            ]
+            removed += len(manager["http_filters"]) - len(kept)
+            manager["http_filters"] = kept
+        if not removed:
+            raise NotRendered(f"no {type_name} filter in the rendered config")
+
+    return remove
+
+
+def _without_retry_policy(bootstrap: Bootstrap) -> None:
+    route_actions = (route["route"] for route in _routes(bootstrap) if "route" in route)
+    hosts = list(_virtual_hosts(bootstrap))
+    had = any("retry_policy" in host for host in hosts)
+    for host in hosts:
+        host.pop("retry_policy", None)
+    for action in route_actions:
+        had = action.pop("retry_policy", None) is not None or had
+    if not had:
+        raise NotRendered("no retry_policy in the rendered config")
+
+
+def _without_max_stream_duration(bootstrap: Bootstrap) -> None:
+    actions = (route["route"] for route in _routes(bootstrap) if "route" in route)
+    _pop_from_each(actions, "max_stream_duration", what="gRPC timeout (max_stream_duration)")
+
+
+def _without_route_names(bootstrap: Bootstrap) -> None:
+    _pop_from_each(_routes(bootstrap), "name", what="route names")
+
+
+def _without_remote_address(bootstrap: Bootstrap) -> None:
+    _pop_from_each(_connection_managers(bootstrap), "use_remote_address", what="edge mode")
+
+
+def _without_connection_timeouts(bootstrap: Bootstrap) -> None:
+    _pop_from_each(
+        _connection_managers(bootstrap),
+        "common_http_protocol_options",
+        what="connection idle and maximum durations",
+    )
+
+
+def _without_host_port_stripping(bootstrap: Bootstrap) -> None:
+    _pop_from_each(_connection_managers(bootstrap), "strip_any_host_port", what="host port strip")
+
+
+def _with_default_http2_windows(bootstrap: Bootstrap) -> None:
+    _pop_from_each(
+        _connection_managers(bootstrap), "http2_protocol_options", what="downstream HTTP/2 options"
+    )
+    upstream = [
+        cluster["typed_extension_protocol_options"][_UPSTREAM_HTTP]["explicit_http_config"]
+        for cluster in _clusters(bootstrap)
+        if _UPSTREAM_HTTP in cluster.get("typed_extension_protocol_options", {})
+    ]
+    if not upstream:
+        raise NotRendered("no upstream HTTP/2 options in the rendered config")
+    for explicit in upstream:
+        explicit["http2_protocol_options"] = {}
+
+
+def _without_outlier_detection(bootstrap: Bootstrap) -> None:
+    _pop_from_each(iter(_clusters(bootstrap)), "outlier_detection", what="outlier detection")
+
+
+def _without_circuit_breaker_tracking(bootstrap: Bootstrap) -> None:
+    thresholds = [
+        threshold
+        for cluster in _clusters(bootstrap)
+        for threshold in cluster.get("circuit_breakers", {}).get("thresholds", [])
+    ]
+    _pop_from_each(iter(thresholds), "track_remaining", what="remaining-capacity gauges")
+    _pop_from_each(iter(thresholds), "retry_budget", what="retry budget")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    what: str  # the part taken out, as the README names it
+    remove: Callable[[Bootstrap], None]
+
+
+# Every difference between the rendered config and the hand-tuned one that
+# could cost per call; together (`all`) they should leave what the tuned
+# config costs.
+VARIANTS: Final[Mapping[str, Variant]] = {
+    "grpc_stats": Variant("the grpc_stats filter", _without_http_filter(_GRPC_STATS_TYPE)),
+    "grpc_web": Variant("the gRPC-Web filter", _without_http_filter(_GRPC_WEB_TYPE)),
+    "retry_policy": Variant("the retry policy", _without_retry_policy),
+    "grpc_timeout": Variant(
+        "max_stream_duration (grpc-timeout honoured)", _without_max_stream_duration
+    ),
+    "route_names": Variant("route names", _without_route_names),
+    "remote_address": Variant("use_remote_address (edge X-Forwarded-For)", _without_remote_address),
+    "connection_timeouts": Variant(
+        "connection idle timeout and maximum duration", _without_connection_timeouts
+    ),
+    "host_port_strip": Variant("strip_any_host_port", _without_host_port_stripping),
+    "http2_windows": Variant("the HTTP/2 window and stream settings", _with_default_http2_windows),
+    "outlier_detection": Variant("outlier detection", _without_outlier_detection),
+    "breaker_tracking": Variant(
+        "track_remaining and the retry budget", _without_circuit_breaker_tracking
+    ),
+}
+
+
+# Parts that each cost less than this machine's noise (~2 µs per call over
+# 5 runs) can still add up: the groups are measured too.
+GROUPS: Final[Mapping[str, tuple[str, ...]]] = {
+    "http_filters": ("grpc_stats", "grpc_web"),
+    "route_parts": ("retry_policy", "grpc_timeout", "route_names"),
+    "connection_manager_parts": (
+        "remote_address",
+        "connection_timeouts",
+        "host_port_strip",
+        "http2_windows",
+    ),
+    "cluster_parts": ("outlier_detection", "breaker_tracking"),
+}
+
+
+def removed_parts(config: str) -> tuple[str, ...]:
+    """The VARIANTS a measured config takes out of the rendered one."""
+    if config == RENDERED:
+        return ()
+    if config == ALL_REMOVED:
+        return tuple(VARIANTS)
+    if config in GROUPS:
+        return GROUPS[config]
+    if config in VARIANTS:
+        return (config,)
+    raise KeyError(f"{config!r} is not a config of the ablation")
+
+
+def variant_bootstrap(rendered: Bootstrap, names: Sequence[str]) -> Bootstrap:
+    """`rendered` with the parts of the named VARIANTS taken out (a copy)."""
+    bootstrap = copy.deepcopy(rendered)
+    for name in names:
+        VARIANTS[name].remove(bootstrap)
+    return bootstrap
+
+
+def rendered_bootstrap(
+    workdir: Path, *, backend_port: int, listen_port: int, admin_port: int
+) -> Bootstrap:
+    """The data-plane scenario's objects as xds-ingress renders them, as a static bootstrap."""
+    folder = workdir / "objects"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "objects.yaml").write_text(data_plane.backend_objects(backend_port))
+    # One file: read here, and the caller's heap left unfrozen.
+    source = FileSource(folder, workers=1, freeze_heap=False)
+    store = Store()
+    store.replace_all(source.scan() or (), origin=source.origin)
+    listeners = phases.settings(http_port=listen_port, https_port=free_port())
+    translation = translate(store.view(), settings=listeners)
+    return render_static_bootstrap(
+        ResourceBuilder().build(translation.config),
+        node_id="bench-ablation",
+        node_cluster="bench",
+        admin_address=f"{LOOPBACK}:{admin_port}",
+    )
+
+
+def config_names() -> tuple[str, ...]:
+    return (RENDERED, *VARIANTS, *GROUPS, ALL_REMOVED, TUNED)
+
+
+def _metric_specs() -> dict[str, MetricSpec]:
+    specs = {
+        "rendered_vs_tuned": MetricSpec("x", "rendered config's max rate / hand-tuned config's"),
+        "all_vs_tuned": MetricSpec("x", "every part removed: max rate / hand-tuned config's"),
+    }
+    for name in config_names():
+        label = _label(name)
+        specs[f"{name}_cpu_us_per_call"] = MetricSpec("µs", f"{label}: Envoy CPU per call")
+        if name != RENDERED:
+            specs[f"{name}_saved_us"] = MetricSpec(
+                "µs", f"{label}: CPU per call saved against the rendered config"
+            )
+    return specs
+
+
+def _label(name: str) -> str:
+    if name == RENDERED:
+        return "the config xds-ingress renders"
+    if name == ALL_REMOVED:
+        return "every part below removed"
+    if name == TUNED:
+        return "the hand-tuned config"
+    if name in GROUPS:
+        return "without " + ", ".join(VARIANTS[part].what for part in GROUPS[name])
+    return f"without {VARIANTS[name].what}"
+
+
+METRICS: Final[Mapping[str, MetricSpec]] = _metric_specs()
+
+
+@dataclass
+class _Proxy:
+    envoy: Child
+    address: str
+
+
+@dataclass
+class AblationCase:
+    seconds: float
+    payload_bytes: int = 128
+    concurrency: int = 32
+    connections: int = 4
+    _children: list[Child] = field(default_factory=list)
+    _proxies: dict[str, _Proxy] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"unary {self.payload_bytes} B, max rate"
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return {
+            "call": ghz.UNARY_CALL,
+            "payload_bytes": self.payload_bytes,
+            "seconds_per_measurement": self.seconds,
+            "concurrency": self.concurrency,
+            "connections": self.connections,
+            "envoy_concurrency": 1,
+            "load_cpus": list(data_plane.LOAD_CPU),
+            "server_cpus": list(data_plane.SERVER_CPU),
+            "variants": {name: VARIANTS[name].what for name in VARIANTS},
+            "groups": {name: list(parts) for name, parts in GROUPS.items()},
+        }
+
+    def prepare(self, workdir: Path) -> dict[str, Any]:
+        backend, backend_port = spawn_interop_server(
+            workdir / "backend" / "backend.log", cpus=data_plane.SERVER_CPU
+        )
+        self._children.append(backend)
+        wait_until_accepting(backend, backend_port, within_seconds=30)
+        for name in config_names():
+            listen, admin = free_port(), free_port()
+            if name == TUNED:
+                bootstrap = peer_configs.tuned_envoy(
+                    listen_port=listen, admin_port=admin, backend_port=backend_port
+                )
+            else:
+                rendered = rendered_bootstrap(
+                    workdir / name, backend_port=backend_port, listen_port=listen, admin_port=admin
+                )
+                bootstrap = variant_bootstrap(rendered, removed_parts(name))
+            config = envoy.write_bootstrap(bootstrap, workdir / name / "bootstrap.json")
+            proxy = envoy.start(
+                name=f"Envoy ({name})",
+                config=config,
+                workdir=workdir / name,
+                cpus=data_plane.SERVER_CPU,
+            )
+            self._children.append(proxy)
+            envoy.wait_live(
+                proxy, admin, envoy.Expected(clusters=1, listeners=1), within_seconds=30
+            )
+            self._proxies[name] = _Proxy(proxy, f"{LOOPBACK}:{listen}")
+            # A config Envoy loads but that fails calls would measure nothing.
+            check = self._load(
+                name, ghz.Load(seconds=1, max_calls=200, concurrency=4, connections=1)
+            )
+            if check.errors or check.ok == 0:
+                raise RuntimeError(f"{name}: warm-up calls failed: {check.error_kinds}")
+        # The first full-rate load grows an Envoy's heap and pools: in a
+        # first run without this, the configs measured first cost up to 60%
+        # more per call.
+        for name in self._proxies:
+            self._load(name, self._maximum(seconds=min(self.seconds, 2)))
+        return {"configs": len(self._proxies)}
+
+    def _maximum(self, *, seconds: float) -> ghz.Load:
+        return ghz.Load(
+            seconds=seconds,
+            max_calls=2_000_000,
+            concurrency=self.concurrency,
+            connections=self.connections,
+            skip_first=500,
+        )
+
+    def _load(self, name: str, load: ghz.Load) -> ghz.GhzResult:
+        return ghz.run(
+            target=self._proxies[name].address,
+            authority=data_plane.HOST,
+            load=load,
+            payload_bytes=self.payload_bytes,
+            cpus=len(data_plane.LOAD_CPU),
+        )
+
+    def run_once(self, index: int, workdir: Path) -> dict[str, float]:
+        names = list(self._proxies)
+        shift = index % len(names)
+        maximum = self._maximum(seconds=self.seconds)
+        sample: dict[str, float] = {}
+        rates: dict[str, float] = {}
+        for name in names[shift:] + names[:shift]:
+            for child in self._children:
+                child.check_alive()
+            proxy = self._proxies[name].envoy
+            cpu_before = proxy.cpu_seconds_precise()
+            result = self._load(name, maximum)
+            cpu = proxy.cpu_seconds_precise() - cpu_before
+            if result.errors or result.ok == 0:
+                raise RuntimeError(f"{name}: {result.errors} calls failed: {result.error_kinds}")
+            sample[f"{name}_cpu_us_per_call"] = cpu / result.ok * 1e6
+            rates[name] = result.rps
+            # Let connections close and Envoy settle before the next config.
+            time.sleep(0.5)
+        for name in names:
+            if name != RENDERED:
+                sample[f"{name}_saved_us"] = (
+                    sample[f"{RENDERED}_cpu_us_per_call"] - sample[f"{name}_cpu_us_per_call"]
+                )
+        sample["rendered_vs_tuned"] = rates[RENDERED] / rates[TUNED]
+        sample["all_vs_tuned"] = rates[ALL_REMOVED] / rates[TUNED]
+        return sample
+
+    def close(self) -> None:
+        for child in reversed(self._children):
+            child.stop()
+        self._children.clear()
+        self._proxies.clear()
+
+
+class DataPlaneAblation:
+    name = NAME
+    title = "Data-plane ablation: Envoy's CPU per call for each part of the rendered config"
+
+    @property
+    def metrics(self) -> Mapping[str, MetricSpec]:
+        return METRICS
+
+    def cases(self, *, quick: bool) -> Sequence[AblationCase]:
+        return [AblationCase(seconds=2 if quick else 6)]
+
+    def available(self) -> str | None:
+        return data_plane.DataPlane().available()
+
+    def targets(self, cases: Sequence[CaseResult]) -> list[TargetResult]:
+        # Issue 7 asks what limits the data plane, with no threshold for it.
+        return []

@@ -1,0 +1,111 @@
+"""The data-plane ablation measures configs that differ from what the product
+renders by exactly the part each variant names: a variant whose part the
+product no longer renders must fail here, not measure the full config under
+a wrong name, and every variant must be a config Envoy accepts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import ablation
+from xds_ingress.envoy_launcher import envoy_binary
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return ablation.rendered_bootstrap(
+        tmp_path_factory.mktemp("ablation"), backend_port=50051, listen_port=18080, admin_port=0
+    )
+
+
+def _differences(left: Any, right: Any, path: str = "") -> list[str]:
+    """Paths where two JSON documents differ."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        return [
+            difference
+            for key in sorted(left.keys() | right.keys())
+            for difference in _differences(left.get(key), right.get(key), f"{path}.{key}")
+        ]
+    if isinstance(left, list) and isinstance(right, list) and len(left) == len(right):
+        return [
+            difference
+            for index, (one, other) in enumerate(zip(left, right, strict=True))
+            for difference in _differences(one, other, f"{path}[{index}]")
+        ]
+    return [] if left == right else [path]
+
+
+EXPECTED_CHANGES = {
+    "grpc_stats": "http_filters",
+    "grpc_web": "http_filters",
+    "retry_policy": "retry_policy",
+    "grpc_timeout": "max_stream_duration",
+    "route_names": "routes[0].name",
+    "remote_address": "use_remote_address",
+    "connection_timeouts": "common_http_protocol_options",
+    "host_port_strip": "strip_any_host_port",
+    "http2_windows": "http2_protocol_options",
+    "outlier_detection": "outlier_detection",
+    "breaker_tracking": "thresholds[0]",
+}
+
+
+def test_every_variant_is_listed_with_the_part_it_changes() -> None:
+    assert set(EXPECTED_CHANGES) == set(ablation.VARIANTS)
+
+
+def test_the_groups_split_the_parts_between_them() -> None:
+    # So the groups' savings add up to what `all` takes out, part for part.
+    grouped = [part for parts in ablation.GROUPS.values() for part in parts]
+    assert sorted(grouped) == sorted(ablation.VARIANTS)
+    assert ablation.removed_parts(ablation.ALL_REMOVED) == tuple(ablation.VARIANTS)
+
+
+@pytest.mark.parametrize("name", sorted(ablation.VARIANTS))
+def test_a_variant_takes_out_only_its_own_part_of_what_the_product_renders(
+    rendered: dict[str, Any], name: str
+) -> None:
+    before = json.dumps(rendered, sort_keys=True)
+
+    variant = ablation.variant_bootstrap(rendered, [name])
+
+    changed = _differences(rendered, variant)
+    assert changed, f"{name} changed nothing"
+    assert all(EXPECTED_CHANGES[name] in path for path in changed), changed
+    # The part is gone: asking for it again finds nothing.
+    with pytest.raises(ablation.NotRendered):
+        ablation.variant_bootstrap(variant, [name])
+    # Variants work on a copy: the next one starts from the whole config.
+    assert json.dumps(rendered, sort_keys=True) == before
+
+
+def test_every_config_the_ablation_measures_is_one_envoy_accepts(
+    rendered: dict[str, Any], tmp_path: Path
+) -> None:
+    configs = {
+        name: ablation.variant_bootstrap(rendered, ablation.removed_parts(name))
+        for name in ablation.config_names()
+        if name != ablation.TUNED
+    }
+    assert len(configs) == 1 + len(ablation.VARIANTS) + len(ablation.GROUPS) + 1
+    checks = {}
+    for name, bootstrap in configs.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(bootstrap))
+        checks[name] = subprocess.Popen(
+            [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    failed = {}
+    for name, check in checks.items():
+        output, _ = check.communicate(timeout=120)
+        if check.returncode != 0:
+            failed[name] = output[-2000:]
+    assert failed == {}
