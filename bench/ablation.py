@@ -12,9 +12,11 @@ every one of them out, and the hand-tuned config (`peer_configs`) stands
 beside them. Every config runs in its own Envoy (the same binary,
 `--concurrency 1`, on the servers' CPU, beside the grpc-go interop server);
 each run drives each one at its maximum rate with ghz from the other CPU,
-in an order that rotates from run to run, and takes that Envoy's CPU time
-per call (schedstat). A part's cost is the rendered config's CPU per call
-minus its variant's, within the same run.
+in an order that rotates from run to run, with the rendered config measured
+again between every two others, and takes that Envoy's CPU time per call
+(schedstat). A part's cost is the mean of the rendered config's CPU per
+call just before and just after its variant, minus the variant's: the
+machine's speed drifts within a run by more than most parts cost.
 
 Issue 7 sets no target here: it asks to say what limits the data plane.
 """
@@ -22,6 +24,7 @@ Issue 7 sets no target here: it asks to say what limits the data plane.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,7 +287,7 @@ def _label(name: str) -> str:
     if name == RENDERED:
         return "the config xds-ingress renders"
     if name == ALL_REMOVED:
-        return "every part below removed"
+        return "every part taken out"
     if name == TUNED:
         return "the hand-tuned config"
     if name in GROUPS:
@@ -293,6 +296,48 @@ def _label(name: str) -> str:
 
 
 METRICS: Final[Mapping[str, MetricSpec]] = _metric_specs()
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    config: str
+    cpu_us_per_call: float
+    rate: float  # OK calls per second
+
+
+def schedule(others: Sequence[str]) -> list[str]:
+    """The rendered config before and after every other one: R, a, R, b, R, ..., R."""
+    order = [RENDERED]
+    for name in others:
+        order += [name, RENDERED]
+    return order
+
+
+def paired(measured: Sequence[Measured]) -> dict[str, float]:
+    """One run's sample: each config against the rendered config measured just before and after.
+
+    This machine's speed drifts by tens of percent within minutes, more
+    than most parts cost; a drift that is steady over the two neighbours'
+    span cancels out of the difference.
+    """
+    sample: dict[str, float] = {}
+    rate_vs_rendered: dict[str, float] = {}
+    for before, one, after in zip(measured, measured[1:], measured[2:], strict=False):
+        if one.config == RENDERED:
+            continue
+        if before.config != RENDERED or after.config != RENDERED:
+            raise ValueError(f"{one.config} was not measured between two rendered configs")
+        sample[f"{one.config}_cpu_us_per_call"] = one.cpu_us_per_call
+        sample[f"{one.config}_saved_us"] = (
+            before.cpu_us_per_call + after.cpu_us_per_call
+        ) / 2 - one.cpu_us_per_call
+        rate_vs_rendered[one.config] = one.rate / ((before.rate + after.rate) / 2)
+    sample[f"{RENDERED}_cpu_us_per_call"] = statistics.median(
+        one.cpu_us_per_call for one in measured if one.config == RENDERED
+    )
+    sample["rendered_vs_tuned"] = 1 / rate_vs_rendered[TUNED]
+    sample["all_vs_tuned"] = rate_vs_rendered[ALL_REMOVED] / rate_vs_rendered[TUNED]
+    return sample
 
 
 @dataclass
@@ -390,12 +435,11 @@ class AblationCase:
         )
 
     def run_once(self, index: int, workdir: Path) -> dict[str, float]:
-        names = list(self._proxies)
-        shift = index % len(names)
+        others = [name for name in self._proxies if name != RENDERED]
+        shift = index % len(others)
         maximum = self._maximum(seconds=self.seconds)
-        sample: dict[str, float] = {}
-        rates: dict[str, float] = {}
-        for name in names[shift:] + names[:shift]:
+        measured: list[Measured] = []
+        for name in schedule(others[shift:] + others[:shift]):
             for child in self._children:
                 child.check_alive()
             proxy = self._proxies[name].envoy
@@ -404,18 +448,10 @@ class AblationCase:
             cpu = proxy.cpu_seconds_precise() - cpu_before
             if result.errors or result.ok == 0:
                 raise RuntimeError(f"{name}: {result.errors} calls failed: {result.error_kinds}")
-            sample[f"{name}_cpu_us_per_call"] = cpu / result.ok * 1e6
-            rates[name] = result.rps
+            measured.append(Measured(name, cpu / result.ok * 1e6, result.rps))
             # Let connections close and Envoy settle before the next config.
             time.sleep(0.5)
-        for name in names:
-            if name != RENDERED:
-                sample[f"{name}_saved_us"] = (
-                    sample[f"{RENDERED}_cpu_us_per_call"] - sample[f"{name}_cpu_us_per_call"]
-                )
-        sample["rendered_vs_tuned"] = rates[RENDERED] / rates[TUNED]
-        sample["all_vs_tuned"] = rates[ALL_REMOVED] / rates[TUNED]
-        return sample
+        return paired(measured)
 
     def close(self) -> None:
         for child in reversed(self._children):
@@ -433,7 +469,7 @@ class DataPlaneAblation:
         return METRICS
 
     def cases(self, *, quick: bool) -> Sequence[AblationCase]:
-        return [AblationCase(seconds=2 if quick else 6)]
+        return [AblationCase(seconds=2 if quick else 4)]
 
     def available(self) -> str | None:
         return data_plane.DataPlane().available()

@@ -147,7 +147,10 @@ def readme_section(result: ScenarioResult, *, run: Mapping[str, Any], figure: st
     if "skipped" in result.notes:
         lines += [f"Skipped: {result.notes['skipped']}", ""]
         return "\n".join(lines)
-    lines += ["Targets (judged by the benchmark):", "", *targets_lines(result), ""]
+    if result.targets:
+        lines += ["Targets (judged by the benchmark):", "", *targets_lines(result), ""]
+    else:
+        lines += ["No target: issue 7 sets none for this scenario.", ""]
     if figure is not None:
         lines += [f"![{result.name}]({figure})", ""]
     lines += [markdown_table(metric_table(result)), ""]

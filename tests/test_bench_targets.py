@@ -4,7 +4,7 @@ would publish a wrong claim, either way."""
 from __future__ import annotations
 
 from bench import data_plane
-from bench.report import targets_lines
+from bench.report import readme_section, targets_lines
 from bench.results import CaseResult, ScenarioResult, collect
 
 
@@ -40,3 +40,24 @@ def test_added_latency_is_judged_under_paced_load_only() -> None:
     scenario.targets = targets
     lines = targets_lines(scenario)
     assert any(line.startswith("- **not judged**: added p99") for line in lines), lines
+
+
+def test_a_scenario_without_targets_says_so_instead_of_an_empty_list() -> None:
+    scenario = ScenarioResult(name="tls", title="TLS", cases=[])
+    run = {
+        "command": "python -m bench --scenario tls",
+        "started_at": "2026-12-07T20:00:00+00:00",
+        "runs": 5,
+        "machine": {
+            "cores": 2,
+            "cpu": "x",
+            "memory_gib": 1,
+            "kernel": "6",
+            "python": "3.11",
+            "load_average_at_start": [0.5, 0.5, 0.5],
+        },
+        "load_during": {"median": 1.0, "min": 0.5, "max": 2.0},
+    }
+    section = readme_section(scenario, run=run, figure=None)
+    assert "No target: issue 7 sets none for this scenario." in section
+    assert "Targets (judged by the benchmark)" not in section
