@@ -33,7 +33,7 @@ MYPY_EXTRA := scripts tests/peers.py tests/conftest.py tests/test_peers.py \
 	tests/test_endpoint_fast_path.py tests/test_store.py tests/test_pipeline.py tests/test_sds_scope.py \
 	tests/test_label_selector.py tests/test_gateway_namespace_selector.py \
 	tests/test_file_source_scale.py tests/test_gc_pause.py tests/test_cold_start_path.py \
-	tests/test_admin_ack_times.py tests/test_translation_memo.py tests/test_bench_targets.py tests/test_bench_ablation.py
+	tests/test_admin_ack_times.py tests/test_translation_memo.py tests/test_bench_targets.py tests/test_bench_ablation.py tests/envoy_verdicts.py
 
 .PHONY: help venv test-deps test lint protos protos-check run bench clean distclean
 .PHONY: deploy manifests-check audit

@@ -6,14 +6,13 @@ a wrong name, and every variant must be a config Envoy accepts."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy_verdicts import validate_all
 
 from bench import ablation
-from xds_ingress.envoy_launcher import envoy_binary
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +92,8 @@ def test_every_config_the_ablation_measures_is_one_envoy_accepts(
         if name != ablation.TUNED
     }
     assert len(configs) == 1 + len(ablation.VARIANTS) + len(ablation.GROUPS) + 1
-    checks = {}
-    for name, bootstrap in configs.items():
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(bootstrap))
-        checks[name] = subprocess.Popen(
-            [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    failed = {}
-    for name, check in checks.items():
-        output, _ = check.communicate(timeout=120)
-        if check.returncode != 0:
-            failed[name] = output[-2000:]
+    verdicts = validate_all(tmp_path, {name: json.dumps(doc) for name, doc in configs.items()})
+    failed = {name: output[-2000:] for name, (code, output) in verdicts.items() if code != 0}
     assert failed == {}
 
 

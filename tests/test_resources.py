@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
+from envoy_verdicts import validate_all
 from resource_messages import as_messages
 
 from xds_ingress import ir
@@ -42,7 +41,6 @@ from xds_ingress.resources.encoded import Encoded, message_of
 from xds_ingress.resources.route import build_route_configuration, virtual_host_piece
 from xds_ingress.resources.static import render_static_bootstrap
 
-ENVOY = Path(sys.executable).parent / "envoy"
 EXAMPLES = Path(__file__).resolve().parent.parent / "envoy"
 # Set to rewrite envoy/bootstrap-*.yaml from the code instead of comparing.
 UPDATE_EXAMPLES = os.environ.get("XDS_INGRESS_UPDATE_EXAMPLES") == "1"
@@ -188,21 +186,7 @@ def envoy_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[
             )
         ),
     }
-    running = {}
-    for name, text in documents.items():
-        path = folder / (f"{name}.json" if text.startswith("{") else f"{name}.yaml")
-        path.write_text(text)
-        running[name] = subprocess.Popen(
-            [str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    verdicts = {}
-    for name, process in running.items():
-        output, _ = process.communicate(timeout=60)
-        verdicts[name] = (process.returncode, output)
-    return verdicts
+    return validate_all(folder, documents, timeout=60)
 
 
 @pytest.mark.parametrize("name", ["static", "delta", "sotw", "dns"])
