@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from envoy_verdicts import validate_all
 
-from bench import ablation
+from bench import ablation, config_parts
 
 
 @pytest.fixture(scope="module")
@@ -55,30 +55,30 @@ EXPECTED_CHANGES = {
 
 
 def test_every_variant_is_listed_with_the_part_it_changes() -> None:
-    assert set(EXPECTED_CHANGES) == set(ablation.VARIANTS)
+    assert set(EXPECTED_CHANGES) == set(config_parts.VARIANTS)
 
 
 def test_the_groups_split_the_parts_between_them() -> None:
     # So the groups' savings add up to what `all` takes out, part for part.
-    grouped = [part for parts in ablation.GROUPS.values() for part in parts]
-    assert sorted(grouped) == sorted(ablation.VARIANTS)
-    assert ablation.removed_parts(ablation.ALL_REMOVED) == tuple(ablation.VARIANTS)
+    grouped = [part for parts in config_parts.GROUPS.values() for part in parts]
+    assert sorted(grouped) == sorted(config_parts.VARIANTS)
+    assert ablation.removed_parts(ablation.ALL_REMOVED) == tuple(config_parts.VARIANTS)
 
 
-@pytest.mark.parametrize("name", sorted(ablation.VARIANTS))
+@pytest.mark.parametrize("name", sorted(config_parts.VARIANTS))
 def test_a_variant_takes_out_only_its_own_part_of_what_the_product_renders(
     rendered: dict[str, Any], name: str
 ) -> None:
     before = json.dumps(rendered, sort_keys=True)
 
-    variant = ablation.variant_bootstrap(rendered, [name])
+    variant = config_parts.variant_bootstrap(rendered, [name])
 
     changed = _differences(rendered, variant)
     assert changed, f"{name} changed nothing"
     assert all(EXPECTED_CHANGES[name] in path for path in changed), changed
     # The part is gone: asking for it again finds nothing.
-    with pytest.raises(ablation.NotRendered):
-        ablation.variant_bootstrap(variant, [name])
+    with pytest.raises(config_parts.NotRendered):
+        config_parts.variant_bootstrap(variant, [name])
     # Variants work on a copy: the next one starts from the whole config.
     assert json.dumps(rendered, sort_keys=True) == before
 
@@ -87,11 +87,11 @@ def test_every_config_the_ablation_measures_is_one_envoy_accepts(
     rendered: dict[str, Any], tmp_path: Path
 ) -> None:
     configs = {
-        name: ablation.variant_bootstrap(rendered, ablation.removed_parts(name))
+        name: config_parts.variant_bootstrap(rendered, ablation.removed_parts(name))
         for name in ablation.config_names()
         if name != ablation.TUNED
     }
-    assert len(configs) == 1 + len(ablation.VARIANTS) + len(ablation.GROUPS) + 1
+    assert len(configs) == 1 + len(config_parts.VARIANTS) + len(config_parts.GROUPS) + 1
     verdicts = validate_all(tmp_path, {name: json.dumps(doc) for name, doc in configs.items()})
     failed = {name: output[-2000:] for name, (code, output) in verdicts.items() if code != 0}
     assert failed == {}
