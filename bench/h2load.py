@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.results import percentile
 from xds_ingress.resources.encoded import varint
 
 
@@ -158,14 +159,12 @@ def latency_percentiles(log: str, *, warmup_seconds: float = 0.0) -> tuple[float
 
     (NaN, NaN) when none is left after the warm-up (see _log_rows).
     """
-    durations = sorted(
+    durations = [
         duration / 1e3
         for _, status, duration in _log_rows(log, warmup_seconds)
         if 200 <= status < 300
-    )
-    if not durations:
-        return math.nan, math.nan
-    return _nearest_rank(durations, 0.50), _nearest_rank(durations, 0.99)
+    ]
+    return percentile(durations, 50), percentile(durations, 99)
 
 
 def _log_rows(log: str, warmup_seconds: float) -> list[tuple[int, int, int]]:
@@ -215,10 +214,6 @@ def started_together(log: str, *, warmup_seconds: float = 0.0) -> float:
             size = 1
     sizes.append(size)
     return sum(size * size for size in sizes) / len(kept)
-
-
-def _nearest_rank(ordered: Sequence[float], fraction: float) -> float:
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def parse(text: str) -> H2loadResult:
