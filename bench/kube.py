@@ -1,10 +1,11 @@
 """A real Kubernetes API server for benchmarks: etcd and kube-apiserver on loopback.
 
-The same pair, with the same flags, as tests/kube_apiserver.py starts for the
-tests (scripts/install-kube.sh builds both into .cache/kube/bin); bench/ must
-not import tests/, so the launcher lives here too. There is no
-controller-manager: nothing creates EndpointSlices, and the benchmark writes
-them itself.
+scripts/install-kube.sh builds both into .cache/kube/bin. Their command
+lines (`etcd_command`, `apiserver_command`) and the loopback readiness probe
+(`http_ok`) live here for tests/kube_apiserver.py too, which starts the same
+pair for the tests: bench/ must not import tests/, tests may import bench/.
+There is no controller-manager: nothing creates EndpointSlices, and the
+benchmark writes them itself.
 
 Two ways to write an object:
 
@@ -42,6 +43,7 @@ from bench.procs import LOOPBACK, Child, free_port
 BIN: Final = Path(__file__).resolve().parent.parent / ".cache" / "kube" / "bin"
 START_TIMEOUT_SECONDS: Final = 90.0
 SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
+ADMIN_GROUP: Final = "system:masters"
 # etcd refuses a transaction with more operations than this (its default).
 _MAX_TXN_OPS: Final = 128
 
@@ -55,28 +57,89 @@ def missing() -> str | None:
 
 
 # The serving certificate is self-signed and only exists once the server runs;
-# everything here is on loopback.
-def _unverified() -> ssl.SSLContext:
+# readiness is polled before there is one to trust, over loopback only.
+def unverified_tls() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
 
 
-_OPENER: Final = urllib.request.build_opener(
-    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_unverified())
+LOOPBACK_OPENER: Final = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=unverified_tls())
 )
 
 
-def _ok(url: str, *, token: str | None = None) -> bool:
+def http_ok(url: str, *, token: str | None = None) -> bool:
+    """Whether `url` (etcd's /health, the API server's /readyz) answers 200 now."""
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with _OPENER.open(request, timeout=2.0) as response:
+        with LOOPBACK_OPENER.open(request, timeout=2.0) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def etcd_command(
+    etcd: Path, *, name: str, data_dir: Path, client_port: int, peer_port: int
+) -> list[str]:
+    """A one-member etcd on loopback, its client API on `client_port`."""
+    client = f"http://{LOOPBACK}:{client_port}"
+    peer = f"http://{LOOPBACK}:{peer_port}"
+    return [
+        str(etcd),
+        f"--name={name}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={name}={peer}",
+        # The data need not survive a power cut; fsync is most of etcd's
+        # latency, which would only be added to every write measured.
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_command(
+    apiserver: Path, *, workdir: Path, etcd_port: int, port: int, admin_token: str
+) -> list[str]:
+    """kube-apiserver on loopback as a real cluster has it: TLS, tokens, RBAC.
+
+    Writes what it needs into `workdir` first: the token file (`admin_token`
+    in ADMIN_GROUP) and the service-account key pair. kube-apiserver makes
+    its own self-signed serving certificate in workdir/certs.
+    """
+    tokens = workdir / "tokens.csv"
+    tokens.write_text(f'{admin_token},admin,admin,"{ADMIN_GROUP}"\n')
+    tokens.chmod(0o600)
+    signing_key, public_key = _service_account_keys(workdir)
+    return [
+        str(apiserver),
+        f"--etcd-servers=http://{LOOPBACK}:{etcd_port}",
+        f"--bind-address={LOOPBACK}",
+        f"--advertise-address={LOOPBACK}",
+        f"--secure-port={port}",
+        f"--cert-dir={workdir / 'certs'}",
+        f"--token-auth-file={tokens}",
+        "--authorization-mode=RBAC",
+        "--anonymous-auth=false",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={public_key}",
+        f"--service-account-signing-key-file={signing_key}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        # Nothing here runs pods; the Endpoints of the `kubernetes` Service
+        # would only be rewritten for nothing.
+        "--endpoint-reconciler-type=none",
+        # Ends open watches when stopping: otherwise the HTTP server waits
+        # (up to a minute) for clients to hang up, and a restart is slow.
+        "--shutdown-watch-termination-grace-period=2s",
+        "--profiling=false",
+        "--v=1",
+    ]
 
 
 def _b64(text: str) -> str:
@@ -154,7 +217,7 @@ class KubeApi:
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = http.client.HTTPSConnection(
-                    LOOPBACK, self.port, timeout=30, context=_unverified()
+                    LOOPBACK, self.port, timeout=30, context=unverified_tls()
                 )
             try:
                 self._connection.request(
@@ -217,12 +280,30 @@ class LocalApiServer:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        etcd = self._spawn("etcd", self._etcd_command())
-        self._wait(etcd, lambda: _ok(f"http://{LOOPBACK}:{self.etcd_port}/health"))
-        apiserver = self._spawn("kube-apiserver", self._apiserver_command())
+        etcd = self._spawn(
+            "etcd",
+            etcd_command(
+                BIN / "etcd",
+                name="bench",
+                data_dir=self.workdir / "etcd",
+                client_port=self.etcd_port,
+                peer_port=self.etcd_peer_port,
+            ),
+        )
+        self._wait(etcd, lambda: http_ok(f"http://{LOOPBACK}:{self.etcd_port}/health"))
+        apiserver = self._spawn(
+            "kube-apiserver",
+            apiserver_command(
+                BIN / "kube-apiserver",
+                workdir=self.workdir,
+                etcd_port=self.etcd_port,
+                port=self.port,
+                admin_token=self.admin_token,
+            ),
+        )
         self._wait(
             apiserver,
-            lambda: _ok(f"https://{LOOPBACK}:{self.port}/readyz", token=self.admin_token),
+            lambda: http_ok(f"https://{LOOPBACK}:{self.port}/readyz", token=self.admin_token),
         )
 
     def _spawn(self, name: str, argv: list[str]) -> Child:
@@ -237,49 +318,6 @@ class LocalApiServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{child.name} not ready after {START_TIMEOUT_SECONDS:g} s")
             time.sleep(0.1)
-
-    def _etcd_command(self) -> list[str]:
-        client = f"http://{LOOPBACK}:{self.etcd_port}"
-        peer = f"http://{LOOPBACK}:{self.etcd_peer_port}"
-        return [
-            str(BIN / "etcd"),
-            "--name=bench",
-            f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=bench={peer}",
-            # Benchmark state need not survive a power cut; fsync would only
-            # add the disk's latency to every write measured.
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-        ]
-
-    def _apiserver_command(self) -> list[str]:
-        tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
-        tokens.chmod(0o600)
-        signing_key, public_key = _service_account_keys(self.workdir)
-        return [
-            str(BIN / "kube-apiserver"),
-            f"--etcd-servers=http://{LOOPBACK}:{self.etcd_port}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            f"--secure-port={self.port}",
-            f"--cert-dir={self.workdir / 'certs'}",
-            f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
-            "--anonymous-auth=false",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={public_key}",
-            f"--service-account-signing-key-file={signing_key}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            "--endpoint-reconciler-type=none",
-            "--shutdown-watch-termination-grace-period=2s",
-            "--profiling=false",
-            "--v=1",
-        ]
 
     def admin_kubeconfig(self) -> Path:
         document = {

@@ -5,7 +5,8 @@
 run, on ports picked here, with what a real cluster has and a test can trip
 over: TLS (kube-apiserver's own self-signed certificate), token
 authentication, RBAC, and service-account tokens (so a test can run the
-control plane with exactly the permissions it will get in a cluster).
+control plane with exactly the permissions it will get in a cluster). The
+two command lines are bench/kube.py's: the benchmarks start the same pair.
 There is no controller-manager: nothing creates EndpointSlices, and a
 deleted namespace stays Terminating; tests write EndpointSlices themselves
 and use a fresh namespace each (`kube_namespace`).
@@ -26,10 +27,8 @@ import json
 import os
 import secrets
 import signal
-import ssl
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,12 +37,12 @@ from typing import IO, Any, Final
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client as kube
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from peers import LOOPBACK, REPO, MissingTestDependency, free_port
+
+from bench.kube import LOOPBACK_OPENER, apiserver_command, etcd_command, http_ok
 
 BIN: Final = REPO / ".cache" / "kube" / "bin"
 # The standard-channel Gateway API CRDs, copied there by scripts/install-kube.sh.
@@ -51,8 +50,6 @@ GATEWAY_API_CRDS: Final = REPO / ".cache" / "kube" / "gateway-api-crds"
 CRD_TIMEOUT_SECONDS: Final = 60.0
 START_TIMEOUT_SECONDS: Final = 60.0
 STOP_TIMEOUT_SECONDS: Final = 10.0
-SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
-ADMIN_GROUP: Final = "system:masters"
 
 
 def gateway_api_crds() -> list[dict[str, Any]]:
@@ -337,7 +334,13 @@ class LocalApiServer:
         self.admin_token = secrets.token_urlsafe(32)
         self.etcd = _Process(
             name="etcd",
-            command=self._etcd_command(),
+            command=etcd_command(
+                kube_binary("etcd"),
+                name="test",
+                data_dir=workdir / "etcd",
+                client_port=self.etcd_port,
+                peer_port=self.etcd_peer_port,
+            ),
             log_path=workdir / "etcd.log",
         )
         self.apiserver = _Process(
@@ -356,60 +359,20 @@ class LocalApiServer:
         # the serving certificate followed by the CA that signed it.
         return self.workdir / "certs" / "apiserver.crt"
 
-    def _etcd_command(self) -> list[str]:
-        client = f"http://{LOOPBACK}:{self.etcd_port}"
-        peer = f"http://{LOOPBACK}:{self.etcd_peer_port}"
-        return [
-            str(kube_binary("etcd")),
-            "--name=test",
-            f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=test={peer}",
-            # Test data need not survive a power cut; fsync is most of etcd's latency.
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-        ]
-
-    def _apiserver_command(self) -> list[str]:
-        tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},admin,admin,"{ADMIN_GROUP}"\n')
-        tokens.chmod(0o600)
-        signing_key, public_key = _service_account_keys(self.workdir)
-        return [
-            str(kube_binary("kube-apiserver")),
-            f"--etcd-servers=http://{LOOPBACK}:{self.etcd_port}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            f"--secure-port={self.port}",
-            f"--cert-dir={self.workdir / 'certs'}",
-            f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
-            "--anonymous-auth=false",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={public_key}",
-            f"--service-account-signing-key-file={signing_key}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            # Nothing here runs pods; the Endpoints of the `kubernetes`
-            # Service would only be rewritten for nothing.
-            "--endpoint-reconciler-type=none",
-            # Ends open watches when stopping: otherwise the HTTP server waits
-            # (up to a minute) for clients to hang up, and a restart is slow.
-            "--shutdown-watch-termination-grace-period=2s",
-            "--profiling=false",
-            "--v=1",
-        ]
-
     def start(self) -> None:
         self.etcd.start()
         _wait(
-            lambda: _http_ok(f"http://{LOOPBACK}:{self.etcd_port}/health"),
+            lambda: http_ok(f"http://{LOOPBACK}:{self.etcd_port}/health"),
             what="etcd /health",
             process=self.etcd,
         )
-        self.apiserver.command = self._apiserver_command()
+        self.apiserver.command = apiserver_command(
+            kube_binary("kube-apiserver"),
+            workdir=self.workdir,
+            etcd_port=self.etcd_port,
+            port=self.port,
+            admin_token=self.admin_token,
+        )
         self.start_apiserver()
 
     def start_apiserver(self) -> None:
@@ -422,7 +385,7 @@ class LocalApiServer:
 
     def wait_ready(self) -> None:
         _wait(
-            lambda: _http_ok(f"{self.server}/readyz", token=self.admin_token),
+            lambda: http_ok(f"{self.server}/readyz", token=self.admin_token),
             what="kube-apiserver /readyz",
             process=self.apiserver,
         )
@@ -460,7 +423,7 @@ class LocalApiServer:
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        with _LOOPBACK_OPENER.open(request, timeout=5.0) as response:
+        with LOOPBACK_OPENER.open(request, timeout=5.0) as response:
             reply: dict[str, Any] = json.loads(response.read())
         return reply
 
@@ -485,52 +448,6 @@ class LocalApiServer:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-def _service_account_keys(workdir: Path) -> tuple[Path, Path]:
-    """The key pair service-account tokens are signed and checked with (PEM files)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_path = workdir / "service-account.key"
-    public_path = workdir / "service-account.pub"
-    private_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    private_path.chmod(0o600)
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private_path, public_path
-
-
-# The certificate is self-signed and only appears once the server runs;
-# readiness is polled before there is one to trust, over loopback only.
-def _unverified() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-_LOOPBACK_OPENER: Final = urllib.request.build_opener(
-    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_unverified())
-)
-
-
-def _http_ok(url: str, *, token: str | None = None) -> bool:
-    request = urllib.request.Request(url)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with _LOOPBACK_OPENER.open(request, timeout=2.0) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def _wait(condition: Any, *, what: str, process: _Process) -> None:
