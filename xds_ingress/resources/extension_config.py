@@ -53,12 +53,6 @@ def grpc_method(route: ir.Route) -> GrpcMethod | None:
     return found.group(1), found.group(2)
 
 
-def routed_methods(route_config: ir.RouteConfig) -> frozenset[GrpcMethod]:
-    return frozenset[GrpcMethod]().union(
-        *(virtual_host_methods(vhost) for vhost in route_config.virtual_hosts)
-    )
-
-
 def virtual_host_methods(vhost: ir.VirtualHost) -> frozenset[GrpcMethod]:
     return frozenset(method for route in vhost.routes if (method := grpc_method(route)) is not None)
 
