@@ -305,6 +305,22 @@ async def until(predicate: Any, *, message: str) -> None:
     await wait_until(check, timeout=20.0, interval=0.1, message=message)
 
 
+async def until_parent_condition(
+    objects: GatewayObjects,
+    resource: str,
+    name: str,
+    kind: str,
+    expected: tuple[str, str],
+    *,
+    when: str = "",
+) -> None:
+    """Until condition `kind` of route `name` in our parents entry is (status, reason)."""
+    await until(
+        lambda: parent_condition(objects.status(resource, name), kind) == expected,
+        message=" ".join(filter(None, (f"{name}: {kind}", *expected, when))),
+    )
+
+
 def backends_for(objects: Objects, ports: Mapping[str, int]) -> None:
     for name, port in ports.items():
         objects.service(name)
@@ -402,12 +418,8 @@ async def test_grpcroute_routes_by_method_and_status_is_written(
     for kind in ("Accepted", "Programmed", "ResolvedRefs"):
         assert condition(listener["conditions"], kind)["status"] == "True", kind
 
-    await until(
-        lambda: (
-            parent_condition(gateway_objects.status("grpcroutes", "greeter"), "ResolvedRefs")
-            == ("True", "ResolvedRefs")
-        ),
-        message="greeter: ResolvedRefs True",
+    await until_parent_condition(
+        gateway_objects, "grpcroutes", "greeter", "ResolvedRefs", ("True", "ResolvedRefs")
     )
     greeter = gateway_objects.status("grpcroutes", "greeter")
     assert parent_condition(greeter, "Accepted") == ("True", "Accepted")
@@ -420,12 +432,8 @@ async def test_grpcroute_routes_by_method_and_status_is_written(
     (theirs,) = (p for p in greeter["parents"] if p["controllerName"] == OTHER_CONTROLLER)
     assert theirs["conditions"] == foreign["conditions"], "another controller's entry changed"
 
-    await until(
-        lambda: (
-            parent_condition(gateway_objects.status("grpcroutes", "broken"), "ResolvedRefs")
-            == ("False", "BackendNotFound")
-        ),
-        message="broken: ResolvedRefs False BackendNotFound",
+    await until_parent_condition(
+        gateway_objects, "grpcroutes", "broken", "ResolvedRefs", ("False", "BackendNotFound")
     )
     broken = gateway_objects.status("grpcroutes", "broken")
     assert parent_condition(broken, "Accepted") == ("True", "Accepted")
@@ -452,12 +460,13 @@ async def test_grpcroute_routes_by_method_and_status_is_written(
     # Fixed: the Service appears, the condition turns, its time moves on.
     backends_for(objects, {"greeter-missing": a.port})
     await until_answered(running.target, "broken.example.com", ("a", grpc.StatusCode.OK))
-    await until(
-        lambda: (
-            parent_condition(gateway_objects.status("grpcroutes", "broken"), "ResolvedRefs")
-            == ("True", "ResolvedRefs")
-        ),
-        message="broken: ResolvedRefs True once its Service exists",
+    await until_parent_condition(
+        gateway_objects,
+        "grpcroutes",
+        "broken",
+        "ResolvedRefs",
+        ("True", "ResolvedRefs"),
+        when="once its Service exists",
     )
     assert gateway_objects.status("gateways", "gw")["conditions"] == before["conditions"]
 
@@ -489,12 +498,8 @@ async def test_an_httproute_is_watched_and_its_status_written(
     )
     # gRPC is HTTP/2: a path-prefix HTTPRoute carries it too.
     await until_answered(running.target, "web.example.com", ("a", grpc.StatusCode.OK))
-    await until(
-        lambda: (
-            parent_condition(gateway_objects.status("httproutes", "web"), "ResolvedRefs")
-            == ("True", "ResolvedRefs")
-        ),
-        message="web: ResolvedRefs True",
+    await until_parent_condition(
+        gateway_objects, "httproutes", "web", "ResolvedRefs", ("True", "ResolvedRefs")
     )
     route = gateway_objects.read("httproutes", "web")
     assert parent_condition(route["status"], "Accepted") == ("True", "Accepted")
@@ -534,12 +539,8 @@ async def test_a_backend_in_another_namespace_needs_a_reference_grant(
     )
     try:
         running = await start(cluster_wide=True)
-        await until(
-            lambda: (
-                parent_condition(gateway_objects.status("grpcroutes", "greeter"), "ResolvedRefs")
-                == ("False", "RefNotPermitted")
-            ),
-            message="greeter: ResolvedRefs False RefNotPermitted",
+        await until_parent_condition(
+            gateway_objects, "grpcroutes", "greeter", "ResolvedRefs", ("False", "RefNotPermitted")
         )
         await until_answered(running.target, "grpc.example.com", ("", grpc.StatusCode.UNAVAILABLE))
 
@@ -556,12 +557,13 @@ async def test_a_backend_in_another_namespace_needs_a_reference_grant(
             namespace=elsewhere,
         )
         await until_answered(running.target, "grpc.example.com", ("a", grpc.StatusCode.OK))
-        await until(
-            lambda: (
-                parent_condition(gateway_objects.status("grpcroutes", "greeter"), "ResolvedRefs")
-                == ("True", "ResolvedRefs")
-            ),
-            message="greeter: ResolvedRefs True with the grant",
+        await until_parent_condition(
+            gateway_objects,
+            "grpcroutes",
+            "greeter",
+            "ResolvedRefs",
+            ("True", "ResolvedRefs"),
+            when="with the grant",
         )
     finally:
         with contextlib.suppress(ApiException):
@@ -609,12 +611,13 @@ async def test_a_listener_selecting_namespaces_by_label_follows_relabelling(
     try:
         running = await start(cluster_wide=True)
         await until_answered(running.target, "grpc.example.com", ("a", grpc.StatusCode.OK))
-        await until(
-            lambda: (
-                parent_condition(team.status("grpcroutes", "greeter"), "Accepted")
-                == ("True", "Accepted")
-            ),
-            message="greeter: Accepted through the selector",
+        await until_parent_condition(
+            team,
+            "grpcroutes",
+            "greeter",
+            "Accepted",
+            ("True", "Accepted"),
+            when="through the selector",
         )
         await until(lambda: attached() == 1, message="the listener counts the route")
 
@@ -623,12 +626,13 @@ async def test_a_listener_selecting_namespaces_by_label_follows_relabelling(
         await until_answered(
             running.target, "grpc.example.com", ("", grpc.StatusCode.UNIMPLEMENTED)
         )
-        await until(
-            lambda: (
-                parent_condition(team.status("grpcroutes", "greeter"), "Accepted")
-                == ("False", "NotAllowedByListeners")
-            ),
-            message="greeter: NotAllowedByListeners once its namespace is relabelled",
+        await until_parent_condition(
+            team,
+            "grpcroutes",
+            "greeter",
+            "Accepted",
+            ("False", "NotAllowedByListeners"),
+            when="once its namespace is relabelled",
         )
         await until(lambda: attached() == 0, message="the listener no longer counts it")
         gateway_status = gateway_objects.status("gateways", "gw")
@@ -637,12 +641,8 @@ async def test_a_listener_selecting_namespaces_by_label_follows_relabelling(
         # And back.
         relabel(shared)
         await until_answered(running.target, "grpc.example.com", ("a", grpc.StatusCode.OK))
-        await until(
-            lambda: (
-                parent_condition(team.status("grpcroutes", "greeter"), "Accepted")
-                == ("True", "Accepted")
-            ),
-            message="greeter: Accepted again",
+        await until_parent_condition(
+            team, "grpcroutes", "greeter", "Accepted", ("True", "Accepted"), when="again"
         )
         await until(lambda: attached() == 1, message="the listener counts it again")
     finally:
@@ -707,12 +707,8 @@ async def test_an_invalid_namespace_selector_is_reported_on_the_listener(
     )
     assert listener_accepted()["status"] == "False"
     assert "operator 'Equals' is not one of" in listener_accepted()["message"]
-    await until(
-        lambda: (
-            parent_condition(gateway_objects.status("grpcroutes", "greeter"), "Accepted")
-            == ("False", "NotAllowedByListeners")
-        ),
-        message="greeter: NotAllowedByListeners",
+    await until_parent_condition(
+        gateway_objects, "grpcroutes", "greeter", "Accepted", ("False", "NotAllowedByListeners")
     )
     await until_answered(running.target, "grpc.example.com", ("", grpc.StatusCode.UNIMPLEMENTED))
 
