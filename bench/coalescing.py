@@ -65,6 +65,9 @@ BACKEND_ENDPOINTS: Final = 1
 ENVOY_DEFAULT_MAX_STREAMS: Final = 2**31 - 1
 # Descriptors beyond the client connections: upstream, admin, logs, slack.
 FD_SLACK: Final = 1000
+# Failed calls' texts kept per proxy and case, and how much of each.
+MAX_FAILURE_KINDS: Final = 10
+FAILURE_TEXT_CHARS: Final = 300
 
 METRICS: Final[Mapping[str, MetricSpec]] = {
     "h2_minimum": MetricSpec("conns", "HTTP/2 minimum upstream connections (the yardstick)"),
@@ -152,10 +155,23 @@ class CoalescingCase:
     _envoy_admin: int = 0
     _nginx_listen: int = 0
     _minimum: int = 0
+    # What the failed calls said, per proxy: the counts alone do not tell a
+    # proxy's refusal from the load generator running out of something.
+    _failures: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return f"{self.clients} clients"
+
+    @property
+    def failures(self) -> dict[str, list[str]]:
+        return {proxy: sorted(kinds) for proxy, kinds in self._failures.items() if kinds}
+
+    def note_failures(self, proxy: str, result: ghz.GhzResult) -> None:
+        kinds = self._failures.setdefault(proxy, set())
+        for kind in result.error_kinds:
+            if len(kinds) < MAX_FAILURE_KINDS:
+                kinds.add(kind[:FAILURE_TEXT_CHARS])
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -299,6 +315,7 @@ class CoalescingCase:
         sample["envoy_clients_peak"] = sampled.peak("clients")
         sample["envoy_rps"] = result.rps
         sample["envoy_errors"] = result.errors
+        self.note_failures("envoy", result)
         sample["envoy_vs_minimum"] = sample["envoy_upstream_peak"] / self._minimum
         time.sleep(1.0)  # let client connections close before the next load
         if self._nginx_listen:
@@ -318,6 +335,7 @@ class CoalescingCase:
             sample["nginx_clients_peak"] = sampled.peak("clients")
             sample["nginx_rps"] = result.rps
             sample["nginx_errors"] = result.errors
+            self.note_failures("nginx", result)
             sample["nginx_vs_envoy"] = sample["nginx_upstream_peak"] / max(
                 sample["envoy_upstream_peak"], 1
             )
@@ -329,14 +347,19 @@ class Coalescing:
     name = NAME
     title = "Coalescing: client connections in, upstream connections out (Envoy, nginx)"
 
+    def __init__(self) -> None:
+        self._cases: list[CoalescingCase] = []
+
     @property
     def metrics(self) -> Mapping[str, MetricSpec]:
         return METRICS
 
     def cases(self, *, quick: bool) -> Sequence[CoalescingCase]:
         if quick:
-            return [CoalescingCase(clients=n, seconds=3) for n in QUICK_SIZES]
-        return [CoalescingCase(clients=n, seconds=10) for n in SIZES]
+            self._cases = [CoalescingCase(clients=n, seconds=3) for n in QUICK_SIZES]
+        else:
+            self._cases = [CoalescingCase(clients=n, seconds=10) for n in SIZES]
+        return self._cases
 
     def available(self) -> str | None:
         missing = [tool for tool in ("ghz", "grpc-interop-server") if repo_tool(tool) is None]
@@ -347,6 +370,9 @@ class Coalescing:
         return None
 
     def targets(self, cases: Sequence[CaseResult]) -> list[TargetResult]:
+        for made, result in zip(self._cases, cases, strict=False):
+            if made.failures:
+                result.notes["failed_calls_said"] = made.failures
         results: list[TargetResult] = []
         for clients in SIZES:
             case = next((c for c in cases if c.params.get("clients") == clients), None)

@@ -3,7 +3,7 @@ would publish a wrong claim, either way."""
 
 from __future__ import annotations
 
-from bench import data_plane
+from bench import coalescing, data_plane, ghz
 from bench.report import readme_section, targets_lines
 from bench.results import CaseResult, ScenarioResult, collect
 
@@ -61,3 +61,23 @@ def test_a_scenario_without_targets_says_so_instead_of_an_empty_list() -> None:
     section = readme_section(scenario, run=run, figure=None)
     assert "No target: issue 7 sets none for this scenario." in section
     assert "Targets (judged by the benchmark)" not in section
+
+
+def test_what_failed_calls_said_reaches_the_coalescing_report() -> None:
+    scenario = coalescing.Coalescing()
+    small, large = scenario.cases(quick=False)
+    refused = "rpc error: code = Unavailable desc = connection refused"
+    report = {
+        "total": 1e9,
+        "statusCodeDistribution": {"OK": 90, "Unavailable": 10},
+        "errorDistribution": {refused: 7, "rpc error: transport is closing": 3},
+    }
+    large.note_failures("envoy", ghz.parse(report))
+    small.note_failures("envoy", ghz.parse({"total": 1e9, "statusCodeDistribution": {"OK": 9}}))
+    results = [CaseResult(label=case.label, params=case.params) for case in (small, large)]
+
+    scenario.targets(results)
+
+    assert "failed_calls_said" not in results[0].notes
+    # Calls cut by the load's own stop are not failures; the rest say why.
+    assert results[1].notes["failed_calls_said"] == {"envoy": [refused]}
