@@ -224,7 +224,9 @@ def test_clusters_are_sized_for_a_gateway(built: dict[str, dict[str, Any]]) -> N
     for name, cluster in built[types.CLUSTER].items():
         (thresholds,) = cluster.circuit_breakers.thresholds
         assert thresholds.max_requests.value >= 10_000, name
-        assert thresholds.max_pending_requests.value >= 10_000, name
+        # A burst on a cold pool waits whole for the first connections: any
+        # call that may be in flight may have to wait (coalescing benchmark).
+        assert thresholds.max_pending_requests.value >= thresholds.max_requests.value, name
         assert thresholds.max_connections.value >= 10_000, name
         assert thresholds.retry_budget.budget_percent.value == 20.0
         assert thresholds.retry_budget.min_retry_concurrency.value == 3

@@ -43,7 +43,13 @@ _UPSTREAM_CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024
 # Circuit breakers: concurrent calls (long-lived gRPC streams count, each for
 # its whole life), calls waiting for a connection, and connections.
 MAX_REQUESTS = 100_000
-MAX_PENDING_REQUESTS = 10_000
+# Over HTTP/2 a call waits for a connection only while one is being opened,
+# and a burst on a cold pool (Envoy or the backend just started, clients
+# reconnecting) waits whole: 5000 clients with 10 calls each put 52k calls
+# in the queue at once, and a 10k limit failed 21k of them with UNAVAILABLE
+# ("reset reason: overflow"; bench/README.md, coalescing). As many calls may
+# wait as may be in flight.
+MAX_PENDING_REQUESTS = MAX_REQUESTS
 MAX_CONNECTIONS = 10_000
 # Retries may add at most this share of the calls in flight, so retries
 # cannot multiply the load on a backend that is already failing; the floor
